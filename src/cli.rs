@@ -1,0 +1,271 @@
+//! The command line (CONTRACT §1): argument definitions and what each command
+//! calls. Every command prints a one-line reason on failure (see `main`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sqlx::migrate::MigrateDatabase;
+
+use crate::app;
+use crate::config::{Config, ProcessEnv};
+use crate::mock_upstream::MockUpstream;
+use crate::pricing::{self, litellm};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "A metered gateway for the OpenAI Responses API"
+)]
+pub struct Cli {
+    /// Configuration file (default: config/tollgate.toml when present).
+    #[arg(long, global = true, env = "TOLLGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (applies pending migrations first).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// One-command tour: database, simulated upstream, prices, a demo key.
+    Demo {
+        /// Address of the gateway.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Run the simulated OpenAI Responses backend.
+    MockUpstream {
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        listen: SocketAddr,
+        /// Do not keep the requests it receives (for benchmarks).
+        #[arg(long)]
+        no_recording: bool,
+    },
+    /// Manage client keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Manage the price table.
+    Prices {
+        #[command(subcommand)]
+        command: PricesCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; the secret is printed once.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List keys (never their secrets).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke a key by its id.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PricesCommand {
+    /// Import a LiteLLM `model_prices_and_context_window.json` file.
+    Import { file: PathBuf },
+    /// Show the price in force for every model.
+    List,
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::MockUpstream {
+            listen,
+            no_recording,
+        } => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            eprintln!("mock upstream listening on http://{listen}/v1");
+            let mock = if no_recording {
+                MockUpstream::without_recording()
+            } else {
+                MockUpstream::new()
+            };
+            tokio::select! {
+                result = mock.serve(listener) => result?,
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            Ok(())
+        }
+        Command::Demo { listen } => crate::demo::run(cli.config.as_deref(), listen).await,
+        command => {
+            let config = Config::load(cli.config.as_deref(), &ProcessEnv)?;
+            let pool = connect_and_migrate(&config).await?;
+            match command {
+                Command::Serve => serve(config, pool).await,
+                Command::Migrate => {
+                    println!("migrations applied to {}", redact_url(&config.database_url));
+                    Ok(())
+                }
+                Command::Keys { command } => keys(&pool, command).await,
+                Command::Prices { command } => prices(&pool, command).await,
+                Command::MockUpstream { .. } | Command::Demo { .. } => Ok(()),
+            }
+        }
+    }
+}
+
+/// Creates the database when it does not exist yet, then migrates it.
+pub async fn connect_and_migrate(config: &Config) -> anyhow::Result<sqlx::PgPool> {
+    let url = &config.database_url;
+    if !sqlx::Postgres::database_exists(url)
+        .await
+        .with_context(|| format!("cannot reach the database at {}", redact_url(url)))?
+    {
+        sqlx::Postgres::create_database(url)
+            .await
+            .with_context(|| format!("cannot create the database {}", redact_url(url)))?;
+    }
+    let pool = app::connect(config)
+        .await
+        .with_context(|| format!("cannot connect to {}", redact_url(url)))?;
+    app::migrate(&pool).await.context("migration failed")?;
+    Ok(pool)
+}
+
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+pub async fn serve(config: Config, pool: sqlx::PgPool) -> anyhow::Result<()> {
+    let listen = config.listen.clone();
+    let (state, background) = app::build_state(config, pool).await?;
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(%listen, "tollgate serving");
+    app::run(listener, state, background, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+async fn keys(pool: &sqlx::PgPool, command: KeysCommand) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::Create { tenant, name } => {
+            let created = crate::auth::create_key(pool, &tenant, &name).await?;
+            println!("id:     {}", created.info.id);
+            println!("tenant: {}", created.info.tenant);
+            println!("key:    {}", created.key);
+            eprintln!("Store the key now: it is not shown again.");
+        }
+        KeysCommand::List { tenant } => {
+            println!(
+                "{:<14} {:<24} {:<20} {:<26} revoked_at",
+                "id", "tenant", "name", "created_at"
+            );
+            for key in crate::auth::list_keys(pool, tenant.as_deref()).await? {
+                println!(
+                    "{:<14} {:<24} {:<20} {:<26} {}",
+                    key.id,
+                    key.tenant,
+                    key.name,
+                    key.created_at.to_rfc3339(),
+                    key.revoked_at.map(|t| t.to_rfc3339()).unwrap_or_default()
+                );
+            }
+        }
+        KeysCommand::Revoke { id } => match crate::auth::revoke_key(pool, &id).await? {
+            Some(_) => println!("revoked {id}"),
+            None => anyhow::bail!("no key with id {id}"),
+        },
+    }
+    Ok(())
+}
+
+async fn prices(pool: &sqlx::PgPool, command: PricesCommand) -> anyhow::Result<()> {
+    match command {
+        PricesCommand::Import { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let report = litellm::parse_litellm(&text)?;
+            let changed = pricing::import_sheets(pool, &report.imported, "cli").await?;
+            println!(
+                "imported {} models ({} new versions, {} unchanged), skipped {}",
+                report.imported.len(),
+                changed.len(),
+                report.imported.len() - changed.len(),
+                report.skipped.len()
+            );
+            for skipped in &report.skipped {
+                eprintln!("skipped {}: {}", skipped.model, skipped.reason);
+            }
+        }
+        PricesCommand::List => {
+            let table = pricing::PriceTable::from_versions(pricing::load_versions(pool).await?);
+            let current = pricing::current_prices(&table, chrono::Utc::now());
+            for version in current.data {
+                println!("{version}");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_passwords_are_not_printed() {
+        assert_eq!(
+            redact_url("postgres://u:pw@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,467 @@
+//! Typed configuration: `config/tollgate.toml` (or `--config` / `TOLLGATE_CONFIG`),
+//! then the environment variables of CONTRACT §2 on top, then one
+//! [`Config::validate`] whose errors name the field path.
+//!
+//! Secrets never appear in `Debug` output ([`Secret`]); in the file they may be
+//! written as `env:NAME` references so the file itself holds none.
+//! This module reads the environment only through [`Env`], so tests can give
+//! their own without touching the process environment.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG_PATH: &str = "config/tollgate.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config: {field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// A credential: redacted in `Debug`, resolved from `env:NAME` references.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("Secret(<empty>)")
+        } else {
+            f.write_str("Secret(***)")
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+/// Where environment variables come from.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamKind {
+    /// `Authorization: Bearer <key>`, path `<url>/responses`.
+    Openai,
+    /// `api-key: <key>` header; the model field carries the deployment name.
+    Azure,
+}
+
+impl UpstreamKind {
+    fn parse(value: &str) -> Option<Self> {
+        match value {
+            "openai" => Some(Self::Openai),
+            "azure" => Some(Self::Azure),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub name: String,
+    /// Base URL; the gateway appends `/responses`.
+    #[serde(default)]
+    pub url: String,
+    #[serde(default)]
+    pub key: Secret,
+    #[serde(default = "default_kind")]
+    pub kind: UpstreamKind,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+}
+
+fn default_kind() -> UpstreamKind {
+    UpstreamKind::Openai
+}
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+
+/// What happens to an upstream stream when the client goes away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DisconnectPolicy {
+    /// Keep reading the upstream until its terminal event (bounded by the
+    /// request's timeout) so the row carries the usage the backend bills.
+    Drain,
+    /// Close the upstream at once: cheaper for the backend bill when it stops
+    /// generating, but the row has no reported usage.
+    Abort,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// Most rows one INSERT carries.
+    pub batch_max: usize,
+    pub spool_dir: PathBuf,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            batch_max: 1_000,
+            spool_dir: PathBuf::from("./data/spool"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PricesConfig {
+    /// Requests for models with no price are forwarded (cost left null)
+    /// instead of refused with 404.
+    pub allow_unpriced_models: bool,
+    /// Safety reload of the in-memory price table.
+    pub reload_interval_secs: u64,
+}
+
+impl Default for PricesConfig {
+    fn default() -> Self {
+        Self {
+            allow_unpriced_models: false,
+            reload_interval_secs: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: String,
+    pub database_url: String,
+    pub admin_token: Secret,
+    pub model_prefix: String,
+    /// Largest accepted request body; base64 images make requests large.
+    pub body_limit_bytes: usize,
+    pub database_max_connections: u32,
+    /// How long shutdown waits for in-flight requests before cutting them.
+    pub drain_deadline_secs: u64,
+    pub on_client_disconnect: DisconnectPolicy,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub ledger: LedgerConfig,
+    pub prices: PricesConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            database_url: "postgres://postgres@127.0.0.1:5432/tollgate".into(),
+            admin_token: Secret::default(),
+            model_prefix: "turing/".into(),
+            body_limit_bytes: 32 * 1024 * 1024,
+            database_max_connections: 16,
+            drain_deadline_secs: 25,
+            on_client_disconnect: DisconnectPolicy::Drain,
+            upstreams: Vec::new(),
+            ledger: LedgerConfig::default(),
+            prices: PricesConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` (or the default file when it exists), applies the
+    /// environment and validates.
+    pub fn load(path: Option<&Path>, env: &dyn Env) -> Result<Self, ConfigError> {
+        let explicit = path
+            .map(Path::to_path_buf)
+            .or_else(|| env.var("TOLLGATE_CONFIG").map(PathBuf::from));
+        let mut config = match explicit {
+            Some(path) => Self::from_file(&path)?,
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                Self::from_file(Path::new(DEFAULT_CONFIG_PATH))?
+            }
+            None => Self::default(),
+        };
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Environment variables override the file (CONTRACT §2). The upstream
+    /// variables describe the upstream named `default`, created if absent.
+    pub fn apply_env(&mut self, env: &dyn Env) -> Result<(), ConfigError> {
+        if let Some(v) = env.var("DATABASE_URL") {
+            self.database_url = v;
+        }
+        if let Some(v) = env.var("TOLLGATE_LISTEN") {
+            self.listen = v;
+        }
+        if let Some(v) = env.var("TOLLGATE_ADMIN_TOKEN") {
+            self.admin_token = Secret::new(v);
+        }
+        if let Some(v) = env.var("TOLLGATE_MODEL_PREFIX") {
+            self.model_prefix = v;
+        }
+        if let Some(v) = env.var("TOLLGATE_SPOOL_DIR") {
+            self.ledger.spool_dir = PathBuf::from(v);
+        }
+        let url = env.var("TOLLGATE_UPSTREAM_URL");
+        let key = env.var("TOLLGATE_UPSTREAM_KEY");
+        let kind = env.var("TOLLGATE_UPSTREAM_KIND");
+        if url.is_some() || key.is_some() || kind.is_some() {
+            let index = match self.upstreams.iter().position(|u| u.name == "default") {
+                Some(i) => i,
+                None => {
+                    self.upstreams.insert(
+                        0,
+                        UpstreamConfig {
+                            name: "default".into(),
+                            url: String::new(),
+                            key: Secret::default(),
+                            kind: UpstreamKind::Openai,
+                            connect_timeout_ms: default_connect_timeout_ms(),
+                        },
+                    );
+                    0
+                }
+            };
+            let upstream = &mut self.upstreams[index];
+            if let Some(url) = url {
+                upstream.url = url;
+            }
+            if let Some(key) = key {
+                upstream.key = Secret::new(key);
+            }
+            if let Some(kind) = kind {
+                upstream.kind = UpstreamKind::parse(&kind).ok_or_else(|| {
+                    invalid(
+                        "TOLLGATE_UPSTREAM_KIND",
+                        format!("`{kind}` is not one of openai, azure"),
+                    )
+                })?;
+            }
+        }
+        self.admin_token = resolve_secret(&self.admin_token, "admin_token", env)?;
+        for (i, upstream) in self.upstreams.iter_mut().enumerate() {
+            upstream.key = resolve_secret(&upstream.key, &format!("upstreams[{i}].key"), env)?;
+        }
+        Ok(())
+    }
+
+    /// Checks what serde cannot; each error names the field path.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| invalid("listen", format!("`{}`: {e}", self.listen)))?;
+        if !self.database_url.starts_with("postgres://")
+            && !self.database_url.starts_with("postgresql://")
+        {
+            return Err(invalid(
+                "database_url",
+                "must be a postgres:// or postgresql:// URL",
+            ));
+        }
+        if self.body_limit_bytes < 1024 {
+            return Err(invalid("body_limit_bytes", "must be at least 1024"));
+        }
+        if self.ledger.batch_max == 0 {
+            return Err(invalid("ledger.batch_max", "must be at least 1"));
+        }
+        if self.prices.reload_interval_secs == 0 {
+            return Err(invalid("prices.reload_interval_secs", "must be at least 1"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, upstream) in self.upstreams.iter().enumerate() {
+            let field = |f: &str| format!("upstreams[{i}].{f}");
+            if upstream.name.is_empty() {
+                return Err(invalid(field("name"), "must not be empty"));
+            }
+            if !names.insert(upstream.name.as_str()) {
+                return Err(invalid(
+                    field("name"),
+                    format!("`{}` is declared twice", upstream.name),
+                ));
+            }
+            if !(upstream.url.starts_with("http://") || upstream.url.starts_with("https://")) {
+                return Err(invalid(
+                    field("url"),
+                    format!("`{}` is not an http(s) URL", upstream.url),
+                ));
+            }
+            if upstream.key.is_empty() {
+                return Err(invalid(field("key"), "the upstream credential is not set"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Serving needs a backend; `migrate` and `keys` do not.
+    pub fn require_upstream(&self) -> Result<&UpstreamConfig, ConfigError> {
+        self.upstreams.first().ok_or_else(|| {
+            invalid(
+                "upstreams",
+                "no upstream configured: set TOLLGATE_UPSTREAM_URL and TOLLGATE_UPSTREAM_KEY or declare [[upstreams]]",
+            )
+        })
+    }
+
+    pub fn drain_deadline(&self) -> Duration {
+        Duration::from_secs(self.drain_deadline_secs)
+    }
+
+    /// The public model id without the platform prefix (`turing/gpt-5.5` → `gpt-5.5`).
+    pub fn public_model<'a>(&self, model: &'a str) -> &'a str {
+        if self.model_prefix.is_empty() {
+            model
+        } else {
+            model.strip_prefix(&self.model_prefix).unwrap_or(model)
+        }
+    }
+}
+
+fn resolve_secret(secret: &Secret, field: &str, env: &dyn Env) -> Result<Secret, ConfigError> {
+    match secret.expose().strip_prefix("env:") {
+        Some(name) => env
+            .var(name)
+            .map(Secret::new)
+            .ok_or_else(|| invalid(field, format!("environment variable {name} is not set"))),
+        None => Ok(secret.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn shipped_config_file_parses_and_validates_with_env() {
+        let text = include_str!("../config/tollgate.toml");
+        let mut config = Config::from_toml(text).unwrap();
+        config
+            .apply_env(&env(&[
+                ("TOLLGATE_UPSTREAM_URL", "http://127.0.0.1:9/v1"),
+                ("TOLLGATE_UPSTREAM_KEY", "sk-upstream"),
+            ]))
+            .unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            config.require_upstream().unwrap().url,
+            "http://127.0.0.1:9/v1"
+        );
+    }
+
+    #[test]
+    fn env_overrides_file_values() {
+        let mut config =
+            Config::from_toml("listen = \"127.0.0.1:1\"\nmodel_prefix = \"x/\"").unwrap();
+        config
+            .apply_env(&env(&[
+                ("TOLLGATE_LISTEN", "0.0.0.0:9000"),
+                ("TOLLGATE_MODEL_PREFIX", "turing/"),
+                ("TOLLGATE_UPSTREAM_URL", "https://api.openai.com/v1"),
+                ("TOLLGATE_UPSTREAM_KEY", "k"),
+                ("TOLLGATE_UPSTREAM_KIND", "azure"),
+            ]))
+            .unwrap();
+        assert_eq!(config.listen, "0.0.0.0:9000");
+        assert_eq!(config.public_model("turing/gpt-5.5"), "gpt-5.5");
+        assert_eq!(config.public_model("gpt-5.5"), "gpt-5.5");
+        assert_eq!(config.upstreams[0].kind, UpstreamKind::Azure);
+    }
+
+    #[test]
+    fn env_references_resolve_and_missing_ones_name_the_field() {
+        let text = "[[upstreams]]\nname = \"a\"\nurl = \"http://x\"\nkey = \"env:MY_KEY\"\n";
+        let mut config = Config::from_toml(text).unwrap();
+        config.apply_env(&env(&[("MY_KEY", "secret")])).unwrap();
+        assert_eq!(config.upstreams[0].key.expose(), "secret");
+        assert_eq!(format!("{:?}", config.upstreams[0].key), "Secret(***)");
+
+        let mut config = Config::from_toml(text).unwrap();
+        let err = config.apply_env(&env(&[])).unwrap_err().to_string();
+        assert!(err.contains("upstreams[0].key"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        assert!(Config::from_toml("listne = \"x\"").is_err());
+        let err = Config::from_toml("listen = \"nope\"")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listen"), "{err}");
+        let mut config = Config::default();
+        let err = config
+            .apply_env(&env(&[("TOLLGATE_UPSTREAM_KIND", "bedrock")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("TOLLGATE_UPSTREAM_KIND"), "{err}");
+    }
+}

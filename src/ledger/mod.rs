@@ -1,0 +1,130 @@
+//! The usage ledger: one row per authenticated request, written off the
+//! request path.
+//!
+//! Request handlers hand finished rows to a [`LedgerHandle`] (a channel send,
+//! never an await on the database). One writer task batches them into a single
+//! `INSERT … SELECT FROM UNNEST(…) ON CONFLICT (request_id) DO NOTHING`, so a
+//! row written twice is stored once. When the database refuses a batch, the
+//! batch goes to the local [`spool`] (fsync'd before it is forgotten) and is
+//! replayed when the database is back. The request id is the idempotency key
+//! everywhere: nothing claims it before the row is durable.
+
+pub mod spool;
+mod writer;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+pub use writer::{spawn_writer, LedgerHandle, LedgerStats};
+
+/// How a request ended (CONTRACT §5 `status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestStatus {
+    Completed,
+    Incomplete,
+    Failed,
+    Cancelled,
+    /// The upstream answered with an HTTP error (passed through to the client).
+    UpstreamError,
+    /// Tollgate refused the request before forwarding it.
+    Rejected,
+    /// The exchange ended without a terminal response (cut stream, client gone,
+    /// timeout, shutdown).
+    Interrupted,
+}
+
+impl RequestStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Incomplete => "incomplete",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::UpstreamError => "upstream_error",
+            Self::Rejected => "rejected",
+            Self::Interrupted => "interrupted",
+        }
+    }
+
+    pub const ALL: [&'static str; 7] = [
+        "completed",
+        "incomplete",
+        "failed",
+        "cancelled",
+        "upstream_error",
+        "rejected",
+        "interrupted",
+    ];
+}
+
+/// Where the row's token counts come from (CONTRACT §5 `usage_source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageSource {
+    /// From the final response or terminal stream event.
+    Reported,
+    /// Fetched from the upstream afterwards (`GET /responses/{id}`).
+    Recovered,
+    /// The upstream never reported usage for this request.
+    Missing,
+}
+
+impl UsageSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reported => "reported",
+            Self::Recovered => "recovered",
+            Self::Missing => "missing",
+        }
+    }
+}
+
+/// One ledger row, as written and as served by `/v1/usage/records`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct LedgerRow {
+    /// Assigned by the database; absent until the row is stored.
+    #[serde(default)]
+    pub id: Option<i64>,
+    pub request_id: String,
+    pub response_id: Option<String>,
+    pub tenant: String,
+    pub api_key_id: String,
+    pub endpoint: String,
+    pub model: Option<String>,
+    pub upstream: Option<String>,
+    pub upstream_model: Option<String>,
+    pub stream: bool,
+    pub status: String,
+    pub usage_source: String,
+    pub input_tokens: i64,
+    pub cached_tokens: i64,
+    pub output_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub total_tokens: i64,
+    pub service_tier: Option<String>,
+    pub price_id: Option<i64>,
+    /// Exact decimal, serialized as a string; null when unpriced.
+    pub cost: Option<Decimal>,
+    pub unpriced_reason: Option<String>,
+    pub currency: String,
+    pub http_status: Option<i32>,
+    pub error_code: Option<String>,
+    pub attempts: i32,
+    pub fallback_from: Option<String>,
+    pub end_user: Option<String>,
+    pub client_disconnected: bool,
+    pub mcp_calls: i32,
+    pub started_at: DateTime<Utc>,
+    pub first_byte_at: Option<DateTime<Utc>>,
+    pub finished_at: DateTime<Utc>,
+}
+
+/// The column list shared by reads and CSV output, in CONTRACT §5 order.
+pub const COLUMNS: &str =
+    "id, request_id, response_id, tenant_id AS tenant, api_key_id, endpoint, \
+     model, upstream, upstream_model, stream, status, usage_source, input_tokens, cached_tokens, \
+     output_tokens, reasoning_tokens, total_tokens, service_tier, price_id, cost, unpriced_reason, \
+     currency, http_status, error_code, attempts, fallback_from, end_user, client_disconnected, \
+     mcp_calls, started_at, first_byte_at, finished_at";

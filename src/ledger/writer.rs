@@ -1,0 +1,280 @@
+//! The batching writer task and the handle request code uses to reach it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::spool::Spool;
+use super::LedgerRow;
+
+enum Message {
+    Row(Box<LedgerRow>),
+    Flush(oneshot::Sender<()>),
+    /// Shutdown: write what came before, then stop.
+    Close,
+}
+
+/// Counters shown on `/readyz` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct LedgerStats {
+    /// Rows handed to the writer and not yet stored or spooled.
+    pub queued: AtomicU64,
+    pub written: AtomicU64,
+    /// Rows waiting in the spool for the database.
+    pub spooled: AtomicU64,
+    pub write_errors: AtomicU64,
+}
+
+/// Cheap to clone; recording never blocks and never fails while the writer runs.
+#[derive(Clone)]
+pub struct LedgerHandle {
+    tx: mpsc::UnboundedSender<Message>,
+    stats: Arc<LedgerStats>,
+}
+
+impl LedgerHandle {
+    /// Hands a finished row to the writer. The channel is unbounded on
+    /// purpose: a full channel would force a choice between blocking the
+    /// request path and dropping the row; instead the backlog is visible in
+    /// [`LedgerStats::queued`] and bounded by the spool draining it.
+    pub fn record(&self, row: LedgerRow) {
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(Message::Row(Box::new(row))).is_err() {
+            // Only after shutdown finished: nothing is left to write it.
+            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+            tracing::error!("ledger writer stopped; a row could not be recorded");
+        }
+    }
+
+    /// Resolves once every row recorded before the call is stored or spooled.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Message::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    pub fn stats(&self) -> &LedgerStats {
+        &self.stats
+    }
+
+    /// Asks the writer to store everything recorded so far and stop; rows
+    /// recorded later are refused (and logged), so call this last.
+    pub fn close(&self) {
+        let _ = self.tx.send(Message::Close);
+    }
+}
+
+/// Starts the writer. It runs until every [`LedgerHandle`] is dropped, then
+/// writes what is left (to the spool if the database is gone) and ends.
+pub fn spawn_writer(
+    pool: PgPool,
+    spool: Spool,
+    batch_max: usize,
+) -> (LedgerHandle, JoinHandle<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let stats = Arc::new(LedgerStats::default());
+    stats
+        .spooled
+        .store(spool.pending_rows_estimate(), Ordering::Relaxed);
+    let writer = Writer {
+        pool,
+        spool,
+        batch_max,
+        stats: stats.clone(),
+    };
+    #[allow(clippy::disallowed_methods)] // the writer is awaited by serve's shutdown sequence
+    let task = tokio::spawn(writer.run(rx));
+    (LedgerHandle { tx, stats }, task)
+}
+
+struct Writer {
+    pool: PgPool,
+    spool: Spool,
+    batch_max: usize,
+    stats: Arc<LedgerStats>,
+}
+
+const REPLAY_EVERY: Duration = Duration::from_secs(1);
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Message>) {
+        let mut messages = Vec::with_capacity(self.batch_max);
+        let mut replay_tick = tokio::time::interval(REPLAY_EVERY);
+        replay_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                received = rx.recv_many(&mut messages, self.batch_max) => {
+                    if received == 0 {
+                        break;
+                    }
+                    let mut rows = Vec::with_capacity(received);
+                    let mut waiters = Vec::new();
+                    let mut close = false;
+                    for message in messages.drain(..) {
+                        match message {
+                            Message::Row(row) => rows.push(*row),
+                            Message::Flush(waiter) => waiters.push(waiter),
+                            Message::Close => close = true,
+                        }
+                    }
+                    if !rows.is_empty() {
+                        self.store(rows).await;
+                    }
+                    for waiter in waiters {
+                        let _ = waiter.send(());
+                    }
+                    if close {
+                        break;
+                    }
+                }
+                _ = replay_tick.tick() => self.replay_spool().await,
+            }
+        }
+        self.replay_spool().await;
+        tracing::info!(
+            written = self.stats.written.load(Ordering::Relaxed),
+            spooled = self.stats.spooled.load(Ordering::Relaxed),
+            "ledger writer stopped"
+        );
+    }
+
+    /// Database first; on failure the spool, which fsyncs before returning.
+    async fn store(&mut self, rows: Vec<LedgerRow>) {
+        let count = rows.len() as u64;
+        match insert_rows(&self.pool, &rows).await {
+            Ok(()) => {
+                self.stats.written.fetch_add(count, Ordering::Relaxed);
+            }
+            Err(err) => {
+                self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %err, rows = count, "ledger insert failed; spooling");
+                match self.spool.append(&rows) {
+                    Ok(()) => {
+                        self.stats.spooled.fetch_add(count, Ordering::Relaxed);
+                    }
+                    Err(spool_err) => {
+                        // Neither the database nor the disk took the rows: keep
+                        // trying the database rather than dropping them.
+                        tracing::error!(error = %spool_err, "spool append failed; retrying the database");
+                        self.retry_until_stored(rows).await;
+                    }
+                }
+            }
+        }
+        self.stats.queued.fetch_sub(count, Ordering::Relaxed);
+    }
+
+    async fn retry_until_stored(&self, rows: Vec<LedgerRow>) {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            tokio::time::sleep(delay).await;
+            if insert_rows(&self.pool, &rows).await.is_ok() {
+                self.stats
+                    .written
+                    .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                return;
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn replay_spool(&mut self) {
+        if !self.spool.has_pending() {
+            return;
+        }
+        let pool = self.pool.clone();
+        let batch_max = self.batch_max;
+        let result = self
+            .spool
+            .replay(|rows| {
+                let pool = pool.clone();
+                async move {
+                    for chunk in rows.chunks(batch_max) {
+                        insert_rows(&pool, chunk).await?;
+                    }
+                    Ok::<_, sqlx::Error>(())
+                }
+            })
+            .await;
+        match result {
+            Ok(replayed) if replayed > 0 => {
+                tracing::info!(rows = replayed, "replayed spooled ledger rows");
+                self.stats.written.fetch_add(replayed, Ordering::Relaxed);
+                let left = self.stats.spooled.load(Ordering::Relaxed);
+                self.stats
+                    .spooled
+                    .store(left.saturating_sub(replayed), Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(err) => tracing::debug!(error = %err, "spool replay deferred"),
+        }
+        if !self.spool.has_pending() {
+            self.stats.spooled.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One statement for any batch size; `ON CONFLICT` makes replays harmless.
+pub(crate) async fn insert_rows(pool: &PgPool, rows: &[LedgerRow]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    macro_rules! column {
+        ($field:ident) => {
+            rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
+        };
+    }
+    sqlx::query(
+        "INSERT INTO usage_ledger (request_id, response_id, tenant_id, api_key_id, endpoint, model,
+            upstream, upstream_model, stream, status, usage_source, input_tokens, cached_tokens,
+            output_tokens, reasoning_tokens, total_tokens, service_tier, price_id, cost,
+            unpriced_reason, currency, http_status, error_code, attempts, fallback_from, end_user,
+            client_disconnected, mcp_calls, started_at, first_byte_at, finished_at)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+            $6::text[], $7::text[], $8::text[], $9::bool[], $10::text[], $11::text[], $12::int8[],
+            $13::int8[], $14::int8[], $15::int8[], $16::int8[], $17::text[], $18::int8[],
+            $19::numeric[], $20::text[], $21::text[], $22::int4[], $23::text[], $24::int4[],
+            $25::text[], $26::text[], $27::bool[], $28::int4[], $29::timestamptz[],
+            $30::timestamptz[], $31::timestamptz[])
+         ON CONFLICT (request_id) DO NOTHING",
+    )
+    .bind(column!(request_id))
+    .bind(column!(response_id))
+    .bind(column!(tenant))
+    .bind(column!(api_key_id))
+    .bind(column!(endpoint))
+    .bind(column!(model))
+    .bind(column!(upstream))
+    .bind(column!(upstream_model))
+    .bind(column!(stream))
+    .bind(column!(status))
+    .bind(column!(usage_source))
+    .bind(column!(input_tokens))
+    .bind(column!(cached_tokens))
+    .bind(column!(output_tokens))
+    .bind(column!(reasoning_tokens))
+    .bind(column!(total_tokens))
+    .bind(column!(service_tier))
+    .bind(column!(price_id))
+    .bind(column!(cost))
+    .bind(column!(unpriced_reason))
+    .bind(column!(currency))
+    .bind(column!(http_status))
+    .bind(column!(error_code))
+    .bind(column!(attempts))
+    .bind(column!(fallback_from))
+    .bind(column!(end_user))
+    .bind(column!(client_disconnected))
+    .bind(column!(mcp_calls))
+    .bind(column!(started_at))
+    .bind(column!(first_byte_at))
+    .bind(column!(finished_at))
+    .execute(pool)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,29 @@
+//! Tollgate: a metered gateway for the OpenAI Responses API.
+//!
+//! Data flows one way, and the modules are listed in that order:
+//! request → [`auth`] → [`proxy`] (validate/rewrite, upstream, body tap with
+//! the [`sse`] scanner and [`usage`] extraction) → [`metering`] (the one
+//! end-of-request hook) → [`pricing`] → [`ledger`]. [`reports`] and [`admin`]
+//! read and manage what the flow wrote. No module imports one above it in
+//! this list, except the HTTP edge ([`app`]) which wires them together.
+
+pub mod config;
+pub mod error;
+pub mod telemetry;
+
+pub mod auth;
+pub mod ledger;
+pub mod metering;
+pub mod pricing;
+pub mod proxy;
+pub mod sse;
+pub mod usage;
+
+pub mod admin;
+pub mod reports;
+
+pub mod app;
+pub mod cli;
+pub mod demo;
+pub mod mock_upstream;
+pub mod pgtemp;

@@ -1,0 +1,242 @@
+//! The one end-of-request hook: outcome → usage → price → ledger row.
+//!
+//! A [`Meter`] is created as soon as a request is authenticated and travels
+//! with it (into the response body wrapper for proxied responses). It records
+//! exactly once: through [`Meter::finish`] on every ending the code foresees,
+//! and through `Drop` on every ending it does not (a handler future dropped
+//! because the client left, a panic unwinding) — then as `interrupted`.
+//! Recording is a channel send; nothing here waits for the database.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::ledger::{LedgerHandle, LedgerRow, RequestStatus, UsageSource};
+use crate::pricing::{cost, PriceVersion};
+use crate::usage::ResponseSummary;
+
+/// What is known about a request before it is forwarded.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub principal: Principal,
+    pub endpoint: &'static str,
+    pub started_at: DateTime<Utc>,
+    pub model: Option<String>,
+    pub stream: bool,
+    pub end_user: Option<String>,
+    pub upstream: Option<String>,
+    /// The price version in force at `started_at`, captured once.
+    pub price: Option<Arc<PriceVersion>>,
+    pub attempts: i32,
+}
+
+impl RequestContext {
+    pub fn new(principal: Principal, endpoint: &'static str) -> Self {
+        Self {
+            request_id: new_request_id(),
+            principal,
+            endpoint,
+            started_at: Utc::now(),
+            model: None,
+            stream: false,
+            end_user: None,
+            upstream: None,
+            price: None,
+            attempts: 0,
+        }
+    }
+}
+
+pub fn new_request_id() -> String {
+    format!("req_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// How the exchange ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: RequestStatus,
+    pub summary: Option<ResponseSummary>,
+    pub usage_source: UsageSource,
+    pub http_status: Option<u16>,
+    pub error_code: Option<String>,
+    pub response_id: Option<String>,
+    pub first_byte_at: Option<DateTime<Utc>>,
+    pub client_disconnected: bool,
+}
+
+impl Outcome {
+    pub fn new(status: RequestStatus) -> Self {
+        Self {
+            status,
+            summary: None,
+            usage_source: UsageSource::Missing,
+            http_status: None,
+            error_code: None,
+            response_id: None,
+            first_byte_at: None,
+            client_disconnected: false,
+        }
+    }
+
+    /// A response object reached us: its status and usage decide the row.
+    pub fn from_summary(summary: ResponseSummary, http_status: u16) -> Self {
+        let status = match summary.status.as_deref() {
+            Some("incomplete") => RequestStatus::Incomplete,
+            Some("failed") => RequestStatus::Failed,
+            Some("cancelled") => RequestStatus::Cancelled,
+            Some("completed") => RequestStatus::Completed,
+            // A response object without a terminal status carries no usage
+            // to bill; it did not end properly from our point of view.
+            _ if summary.usage.is_none() => RequestStatus::Interrupted,
+            _ => RequestStatus::Completed,
+        };
+        let mut outcome = Self::new(status);
+        outcome.usage_source = if summary.usage.is_some() {
+            UsageSource::Reported
+        } else {
+            UsageSource::Missing
+        };
+        outcome.http_status = Some(http_status);
+        outcome.response_id = summary.id.clone();
+        outcome.error_code = summary.error_code.clone();
+        outcome.summary = Some(summary);
+        outcome
+    }
+}
+
+/// Records its request exactly once.
+pub struct Meter {
+    ctx: Option<RequestContext>,
+    ledger: LedgerHandle,
+}
+
+impl Meter {
+    pub fn new(ctx: RequestContext, ledger: LedgerHandle) -> Self {
+        Self {
+            ctx: Some(ctx),
+            ledger,
+        }
+    }
+
+    /// The context; present until the meter has recorded.
+    pub fn ctx(&self) -> Option<&RequestContext> {
+        self.ctx.as_ref()
+    }
+
+    pub fn ctx_mut(&mut self) -> Option<&mut RequestContext> {
+        self.ctx.as_mut()
+    }
+
+    pub fn request_id(&self) -> &str {
+        self.ctx.as_ref().map_or("", |c| c.request_id.as_str())
+    }
+
+    pub fn finish(mut self, outcome: Outcome) {
+        self.record(outcome);
+    }
+
+    /// Tollgate refused the request; nothing was forwarded.
+    pub fn reject(self, error: &ApiError) {
+        let mut outcome = Outcome::new(RequestStatus::Rejected);
+        outcome.http_status = Some(error.status.as_u16());
+        outcome.error_code = Some(error.ledger_code().to_owned());
+        self.finish(outcome);
+    }
+
+    /// The upstream could not be reached or timed out before answering.
+    pub fn upstream_failed(self, error: &ApiError) {
+        let mut outcome = Outcome::new(RequestStatus::UpstreamError);
+        outcome.http_status = Some(error.status.as_u16());
+        outcome.error_code = Some(error.ledger_code().to_owned());
+        self.finish(outcome);
+    }
+
+    fn record(&mut self, outcome: Outcome) {
+        if let Some(ctx) = self.ctx.take() {
+            metrics::counter!("tollgate_requests_total", "endpoint" => ctx.endpoint, "status" => outcome.status.as_str())
+                .increment(1);
+            self.ledger.record(build_row(ctx, outcome, Utc::now()));
+        }
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        if self.ctx.is_some() {
+            let mut outcome = Outcome::new(RequestStatus::Interrupted);
+            outcome.client_disconnected = true;
+            outcome.error_code = Some("client_disconnected".into());
+            self.record(outcome);
+        }
+    }
+}
+
+/// Prices the outcome with the version captured at the request's start.
+pub fn build_row(ctx: RequestContext, outcome: Outcome, finished_at: DateTime<Utc>) -> LedgerRow {
+    let summary = outcome.summary.unwrap_or_default();
+    let usage = summary.usage;
+    let currency = ctx
+        .price
+        .as_ref()
+        .map_or_else(|| "usd".to_owned(), |p| p.currency.clone());
+    let (cost, price_id, unpriced_reason) = match (usage, &ctx.price) {
+        (Some(usage), Some(price)) => match &price.sheet {
+            Some(sheet) => match cost::cost(sheet, &usage, summary.service_tier.as_deref()) {
+                Ok(value) => (Some(value), Some(price.id), None),
+                Err(unpriced) => (None, None, Some(unpriced.reason())),
+            },
+            None => (None, None, Some("no_price".to_owned())),
+        },
+        (Some(_), None) => (None, None, Some("no_price".to_owned())),
+        // Refused or failed before the backend did any work: nothing to bill,
+        // and we know it, so the cost is an honest zero.
+        (None, _)
+            if matches!(
+                outcome.status,
+                RequestStatus::Rejected | RequestStatus::UpstreamError
+            ) =>
+        {
+            (Some(Decimal::ZERO), None, None)
+        }
+        (None, _) => (None, None, Some("usage_missing".to_owned())),
+    };
+    let usage = usage.unwrap_or_default();
+    LedgerRow {
+        id: None,
+        request_id: ctx.request_id,
+        response_id: outcome.response_id.or(summary.id),
+        tenant: ctx.principal.tenant.to_string(),
+        api_key_id: ctx.principal.key_id.to_string(),
+        endpoint: ctx.endpoint.to_owned(),
+        model: ctx.model,
+        upstream: ctx.upstream,
+        upstream_model: summary.model,
+        stream: ctx.stream,
+        status: outcome.status.as_str().to_owned(),
+        usage_source: outcome.usage_source.as_str().to_owned(),
+        input_tokens: usage.input_tokens,
+        cached_tokens: usage.cached_tokens,
+        output_tokens: usage.output_tokens,
+        reasoning_tokens: usage.reasoning_tokens,
+        total_tokens: usage.total_tokens,
+        service_tier: summary.service_tier,
+        price_id,
+        cost,
+        unpriced_reason,
+        currency,
+        http_status: outcome.http_status.map(i32::from),
+        error_code: outcome.error_code,
+        attempts: ctx.attempts,
+        fallback_from: None,
+        end_user: ctx.end_user,
+        client_disconnected: outcome.client_disconnected,
+        mcp_calls: i32::try_from(summary.mcp_calls).unwrap_or(i32::MAX),
+        started_at: ctx.started_at,
+        first_byte_at: outcome.first_byte_at,
+        finished_at,
+    }
+}

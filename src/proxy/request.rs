@@ -1,0 +1,458 @@
+//! Validating and rewriting a client's `POST /responses` body.
+//!
+//! The body is parsed once, into its top-level members with each value kept
+//! as the exact bytes the client sent (`RawValue`). Platform fields
+//! (`turing_options`, `tags`) are taken out, the model prefix is stripped, and
+//! the body is re-assembled from the untouched raw values: numbers, unicode
+//! escapes and unknown fields reach the upstream as the client wrote them.
+//! Duplicate top-level keys are refused, so what we price is always what the
+//! upstream reads.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::error::ApiError;
+
+/// Built-in tools the platform does not offer (platform.md).
+const UNSUPPORTED_TOOLS: [&str; 4] = [
+    "code_interpreter",
+    "file_search",
+    "web_search",
+    "web_search_preview",
+];
+
+const MAX_TIMEOUT_SECS: f64 = 300.0;
+const DEFAULT_STREAM_TIMEOUT: Duration = Duration::from_secs(90);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Deserialize)]
+struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// The top-level members of a JSON object, in order, values untouched.
+struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MembersVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for MembersVisitor<'a> {
+            type Value = Members<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(16));
+                while let Some((Key(key), value)) = map.next_entry::<Key<'a>, &'a RawValue>()? {
+                    members.push((key, value));
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(MembersVisitor(std::marker::PhantomData))
+    }
+}
+
+/// `turing_options`, validated (platform.md).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TuringOptions {
+    pub timeout: Option<Duration>,
+    pub max_retries: u32,
+}
+
+/// A create request ready to forward.
+#[derive(Debug)]
+pub struct CreateRequest {
+    /// The public model id without prefix: the price key.
+    pub model: String,
+    pub stream: bool,
+    pub end_user: Option<String>,
+    pub options: TuringOptions,
+    /// What goes to the upstream.
+    pub body: Bytes,
+}
+
+impl CreateRequest {
+    /// The request's deadline for the upstream (platform.md defaults).
+    pub fn timeout(&self) -> Duration {
+        self.options.timeout.unwrap_or(if self.stream {
+            DEFAULT_STREAM_TIMEOUT
+        } else {
+            DEFAULT_TIMEOUT
+        })
+    }
+}
+
+/// What a refused request still tells the ledger.
+#[derive(Debug, Default, Clone)]
+pub struct Partial {
+    pub model: Option<String>,
+    pub stream: bool,
+    pub end_user: Option<String>,
+}
+
+pub struct Rejection {
+    pub error: ApiError,
+    pub partial: Partial,
+}
+
+/// Parses, validates and rewrites; `model_prefix` is stripped from `model`.
+pub fn parse_create(body: &[u8], model_prefix: &str) -> Result<CreateRequest, Rejection> {
+    let mut partial = Partial::default();
+    let reject = |error: ApiError, partial: &Partial| Rejection {
+        error,
+        partial: partial.clone(),
+    };
+    let members: Members = serde_json::from_slice(body).map_err(|e| {
+        let error = if e.classify() == serde_json::error::Category::Data {
+            ApiError::invalid_request("The request body must be a JSON object.")
+                .with_code("invalid_json")
+        } else {
+            ApiError::invalid_json(e)
+        };
+        reject(error, &partial)
+    })?;
+    let members = members.0;
+
+    for (i, (key, _)) in members.iter().enumerate() {
+        if members[..i].iter().any(|(other, _)| other == key) {
+            return Err(reject(
+                ApiError::invalid_request(format!(
+                    "Duplicate parameter: '{key}' appears more than once."
+                ))
+                .with_code("duplicate_parameter")
+                .with_param(key.as_ref()),
+                &partial,
+            ));
+        }
+    }
+    let get = |name: &str| members.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+
+    // Ledger context first, so a refusal still records who asked for what.
+    if let Some(raw) = get("stream") {
+        partial.stream = serde_json::from_str::<Option<bool>>(raw.get())
+            .map_err(|_| {
+                reject(
+                    ApiError::invalid_value("stream", "'stream' must be a boolean."),
+                    &partial,
+                )
+            })?
+            .unwrap_or(false);
+    }
+    let model_raw =
+        get("model").ok_or_else(|| reject(ApiError::missing_parameter("model"), &partial))?;
+    let model = match serde_json::from_str::<String>(model_raw.get()) {
+        Ok(m) if !m.is_empty() => m,
+        _ => {
+            return Err(reject(
+                ApiError::invalid_value("model", "'model' must be a non-empty string."),
+                &partial,
+            ))
+        }
+    };
+    let public = model
+        .strip_prefix(model_prefix)
+        .unwrap_or(&model)
+        .to_owned();
+    partial.model = Some(public.clone());
+    partial.end_user = ["safety_identifier", "user"]
+        .iter()
+        .filter_map(|f| get(f))
+        .find_map(|raw| serde_json::from_str::<String>(raw.get()).ok());
+
+    if let Some(raw) = get("tools") {
+        check_tools(raw).map_err(|e| reject(e, &partial))?;
+    }
+    if let Some(raw) = get("tags") {
+        serde_json::from_str::<Vec<String>>(raw.get()).map_err(|_| {
+            reject(
+                ApiError::invalid_value("tags", "'tags' must be an array of strings."),
+                &partial,
+            )
+        })?;
+    }
+    if let Some(raw) = get("background") {
+        if serde_json::from_str::<Option<bool>>(raw.get())
+            .ok()
+            .flatten()
+            == Some(true)
+        {
+            return Err(reject(
+                ApiError::invalid_value(
+                    "background",
+                    "Background responses are not supported by this gateway yet.",
+                )
+                .with_code("unsupported_parameter"),
+                &partial,
+            ));
+        }
+    }
+    let options = match get("turing_options") {
+        Some(raw) => parse_turing_options(raw).map_err(|e| reject(e, &partial))?,
+        None => TuringOptions::default(),
+    };
+
+    let mut out = Vec::with_capacity(body.len());
+    out.push(b'{');
+    let mut first = true;
+    for (key, value) in &members {
+        if key == "turing_options" || key == "tags" {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        // Keys re-encoded by serde are equal to the client's as JSON strings.
+        serde_json::to_writer(&mut out, key.as_ref())
+            .map_err(|e| reject(ApiError::internal(e), &partial))?;
+        out.push(b':');
+        if key == "model" {
+            serde_json::to_writer(&mut out, &public)
+                .map_err(|e| reject(ApiError::internal(e), &partial))?;
+        } else {
+            out.extend_from_slice(value.get().as_bytes());
+        }
+    }
+    out.push(b'}');
+
+    Ok(CreateRequest {
+        model: public,
+        stream: partial.stream,
+        end_user: partial.end_user,
+        options,
+        body: Bytes::from(out),
+    })
+}
+
+#[derive(Deserialize)]
+struct ToolType<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+}
+
+fn check_tools(raw: &RawValue) -> Result<(), ApiError> {
+    let tools: Vec<ToolType> = serde_json::from_str(raw.get()).map_err(|_| {
+        ApiError::invalid_value("tools", "'tools' must be an array of tool objects.")
+    })?;
+    for (i, tool) in tools.iter().enumerate() {
+        let Some(kind) = tool.kind.as_deref() else {
+            return Err(ApiError::missing_parameter(&format!("tools[{i}].type")));
+        };
+        if let Some(base) = unsupported_tool(kind) {
+            return Err(ApiError::invalid_request(format!(
+                "The built-in tool '{kind}' is not supported on this platform ({base} is unavailable). \
+                 Use a custom 'function' tool or an 'mcp' connector instead."
+            ))
+            .with_code("unsupported_tool")
+            .with_param(format!("tools[{i}].type")));
+        }
+    }
+    Ok(())
+}
+
+/// `web_search`, `web_search_2025_08_26`, `web_search_preview_2025_03_11` …
+fn unsupported_tool(kind: &str) -> Option<&'static str> {
+    UNSUPPORTED_TOOLS.iter().copied().find(|base| {
+        kind == *base
+            || kind
+                .strip_prefix(base)
+                .and_then(|rest| rest.strip_prefix('_'))
+                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTuringOptions<'a> {
+    #[serde(borrow)]
+    timeout: Option<&'a RawValue>,
+    #[serde(borrow)]
+    max_retries: Option<&'a RawValue>,
+    #[serde(borrow)]
+    fallbacks: Option<&'a RawValue>,
+}
+
+fn parse_turing_options(raw: &RawValue) -> Result<TuringOptions, ApiError> {
+    let options: RawTuringOptions = serde_json::from_str(raw.get()).map_err(|e| {
+        let message = e.to_string();
+        let param = message
+            .split('`')
+            .nth(1)
+            .filter(|_| message.starts_with("unknown field"))
+            .map_or_else(
+                || "turing_options".to_owned(),
+                |f| format!("turing_options.{f}"),
+            );
+        ApiError::invalid_value(
+            param,
+            "'turing_options' must be an object with 'timeout', 'max_retries' and 'fallbacks'.",
+        )
+    })?;
+    let mut parsed = TuringOptions::default();
+    if let Some(raw) = options.timeout {
+        // Seconds, not money: a float is the right type here.
+        let seconds = serde_json::from_str::<f64>(raw.get())
+            .ok()
+            .filter(|s| (0.0..=MAX_TIMEOUT_SECS).contains(s))
+            .ok_or_else(|| {
+                ApiError::invalid_value(
+                    "turing_options.timeout",
+                    "'turing_options.timeout' must be a number of seconds from 0 to 300.",
+                )
+            })?;
+        // 0 asks for no limit of the caller's own: the platform maximum applies.
+        let seconds = if seconds == 0.0 {
+            MAX_TIMEOUT_SECS
+        } else {
+            seconds
+        };
+        parsed.timeout = Some(Duration::from_secs_f64(seconds));
+    }
+    if let Some(raw) = options.max_retries {
+        parsed.max_retries = serde_json::from_str::<u32>(raw.get())
+            .ok()
+            .filter(|n| *n <= 3)
+            .ok_or_else(|| {
+                ApiError::invalid_value(
+                    "turing_options.max_retries",
+                    "'turing_options.max_retries' must be an integer from 0 to 3.",
+                )
+            })?;
+    }
+    if options.fallbacks.is_some_and(|raw| raw.get() != "null") {
+        return Err(ApiError::invalid_value(
+            "turing_options.fallbacks",
+            "'turing_options.fallbacks' is not supported by this gateway yet.",
+        )
+        .with_code("unsupported_parameter"));
+    }
+    Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn parse(body: &str) -> Result<CreateRequest, ApiError> {
+        parse_create(body.as_bytes(), "turing/").map_err(|r| r.error)
+    }
+
+    #[test]
+    fn platform_fields_are_stripped_and_everything_else_is_byte_exact() {
+        let body = r#"{"model":"turing/gpt-5.5","input":"caf\u00e9 ☕","temperature":1.00000000000000000001,
+            "turing_options":{"timeout":30,"max_retries":2},"tags":["stateful"],"x_unknown":{"a":[1,2e5]},"stream":true}"#;
+        let req = parse(body).unwrap();
+        assert_eq!(req.model, "gpt-5.5");
+        assert!(req.stream);
+        assert_eq!(req.options.timeout, Some(Duration::from_secs(30)));
+        assert_eq!(req.options.max_retries, 2);
+        let out = std::str::from_utf8(&req.body).unwrap();
+        assert_eq!(
+            out,
+            r#"{"model":"gpt-5.5","input":"caf\u00e9 ☕","temperature":1.00000000000000000001,"x_unknown":{"a":[1,2e5]},"stream":true}"#
+        );
+    }
+
+    #[test]
+    fn bad_bodies_are_refused_with_the_parameter_named() {
+        assert_eq!(
+            parse("{nope").unwrap_err().code.as_deref(),
+            Some("invalid_json")
+        );
+        assert_eq!(
+            parse("[1]").unwrap_err().code.as_deref(),
+            Some("invalid_json")
+        );
+        let err = parse(r#"{"input":"hi"}"#).unwrap_err();
+        assert_eq!(
+            (err.param.as_deref(), err.code.as_deref()),
+            (Some("model"), Some("missing_required_parameter"))
+        );
+        assert_eq!(
+            parse(r#"{"model":5}"#).unwrap_err().param.as_deref(),
+            Some("model")
+        );
+        assert_eq!(
+            parse(r#"{"model":"a","stream":"yes"}"#)
+                .unwrap_err()
+                .param
+                .as_deref(),
+            Some("stream")
+        );
+        let err = parse(r#"{"model":"a","model":"b"}"#).unwrap_err();
+        assert_eq!(err.code.as_deref(), Some("duplicate_parameter"));
+    }
+
+    #[test]
+    fn unsupported_builtin_tools_name_their_index() {
+        for kind in [
+            "code_interpreter",
+            "file_search",
+            "web_search",
+            "web_search_preview",
+            "web_search_2025_08_26",
+            "web_search_preview_2025_03_11",
+        ] {
+            let body = format!(
+                r#"{{"model":"m","tools":[{{"type":"function","name":"f"}},{{"type":"{kind}"}}]}}"#
+            );
+            let err = parse(&body).unwrap_err();
+            assert_eq!(err.code.as_deref(), Some("unsupported_tool"), "{kind}");
+            assert_eq!(err.param.as_deref(), Some("tools[1].type"), "{kind}");
+        }
+        assert!(parse(r#"{"model":"m","tools":[{"type":"mcp","server_label":"x"},{"type":"web_search_like_tool"}]}"#).is_ok());
+    }
+
+    #[test]
+    fn turing_options_are_validated_with_their_path() {
+        let param = |body: &str| parse(body).unwrap_err().param;
+        assert_eq!(
+            param(r#"{"model":"m","turing_options":{"timeout":301}}"#).as_deref(),
+            Some("turing_options.timeout")
+        );
+        assert_eq!(
+            param(r#"{"model":"m","turing_options":{"timeout":"5"}}"#).as_deref(),
+            Some("turing_options.timeout")
+        );
+        assert_eq!(
+            param(r#"{"model":"m","turing_options":{"max_retries":4}}"#).as_deref(),
+            Some("turing_options.max_retries")
+        );
+        assert_eq!(
+            param(r#"{"model":"m","turing_options":{"retries":1}}"#).as_deref(),
+            Some("turing_options.retries")
+        );
+        assert_eq!(
+            param(r#"{"model":"m","turing_options":5}"#).as_deref(),
+            Some("turing_options")
+        );
+        let req = parse(r#"{"model":"m","stream":true,"turing_options":{"timeout":0}}"#).unwrap();
+        assert_eq!(req.timeout(), Duration::from_secs(300));
+        assert_eq!(
+            parse(r#"{"model":"m","stream":true}"#).unwrap().timeout(),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            parse(r#"{"model":"m"}"#).unwrap().timeout(),
+            Duration::from_secs(120)
+        );
+    }
+
+    #[test]
+    fn refusals_keep_ledger_context() {
+        let rejection = parse_create(
+            br#"{"model":"turing/gpt-5","stream":true,"user":"u1","tools":[{"type":"file_search"}]}"#,
+            "turing/",
+        )
+        .err()
+        .unwrap();
+        assert_eq!(rejection.partial.model.as_deref(), Some("gpt-5"));
+        assert!(rejection.partial.stream);
+        assert_eq!(rejection.partial.end_user.as_deref(), Some("u1"));
+    }
+}

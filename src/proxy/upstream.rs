@@ -1,0 +1,132 @@
+//! The backend client: one pooled HTTP client per upstream, credentials
+//! attached here and nowhere else.
+//!
+//! OpenAI upstreams get `Authorization: Bearer`, Azure ones `api-key`. The
+//! client's own `Authorization` is never forwarded. Only a short list of
+//! response headers comes back to the client.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::{Secret, UpstreamConfig, UpstreamKind};
+
+pub struct Upstream {
+    pub name: String,
+    kind: UpstreamKind,
+    base_url: String,
+    key: Secret,
+    client: reqwest::Client,
+}
+
+impl Upstream {
+    pub fn new(config: &UpstreamConfig) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
+            // Stay below common upstream idle closes, or a reused connection
+            // fails with "connection closed before message completed".
+            .pool_idle_timeout(Duration::from_secs(50))
+            .tcp_nodelay(true)
+            // Long SSE streams on one HTTP/2 connection hit the server's
+            // concurrent-stream limit; HTTP/1.1 with a pool scales instead.
+            .http1_only()
+            .build()?;
+        Ok(Self {
+            name: config.name.clone(),
+            kind: config.kind,
+            base_url: config.url.trim_end_matches('/').to_owned(),
+            key: config.key.clone(),
+            client,
+        })
+    }
+
+    /// `POST <base>/responses` with the upstream's credential.
+    pub fn create_response(&self, body: Bytes, request_id: &str) -> reqwest::RequestBuilder {
+        let url = format!("{}/responses", self.base_url);
+        let mut credential = match self.kind {
+            UpstreamKind::Openai => HeaderValue::try_from(format!("Bearer {}", self.key.expose())),
+            UpstreamKind::Azure => HeaderValue::try_from(self.key.expose()),
+        }
+        .unwrap_or_else(|_| HeaderValue::from_static(""));
+        credential.set_sensitive(true);
+        let credential_header = match self.kind {
+            UpstreamKind::Openai => http::header::AUTHORIZATION,
+            UpstreamKind::Azure => HeaderName::from_static("api-key"),
+        };
+        self.client
+            .post(url)
+            .header(credential_header, credential)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header("x-client-request-id", request_id)
+            .body(body)
+    }
+}
+
+/// Response headers the client gets from the upstream (CONTRACT §3).
+pub fn forwarded_headers(upstream: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(16);
+    for (name, value) in upstream {
+        let n = name.as_str();
+        if n == "content-type"
+            || n == "x-request-id"
+            || n == "openai-processing-ms"
+            || n == "openai-version"
+            || n == "retry-after"
+            || n == "retry-after-ms"
+            || n == "x-should-retry"
+            || n.starts_with("x-ratelimit-")
+        {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// How long the upstream asked us to wait before retrying, if it said.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(ms) = value("retry-after-ms").and_then(|v| v.parse::<u64>().ok()) {
+        return Some(Duration::from_millis(ms));
+    }
+    value("retry-after")
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 60.0)
+        .map(Duration::from_secs_f64)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn only_listed_headers_are_forwarded() {
+        let mut upstream = HeaderMap::new();
+        for (k, v) in [
+            ("content-type", "text/event-stream"),
+            ("x-request-id", "req_1"),
+            ("x-ratelimit-remaining-tokens", "10"),
+            ("set-cookie", "secret"),
+            ("openai-organization", "org-internal"),
+        ] {
+            upstream.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let out = forwarded_headers(&upstream);
+        assert_eq!(out.len(), 3);
+        assert!(out.get("set-cookie").is_none());
+        assert!(out.get("openai-organization").is_none());
+    }
+
+    #[test]
+    fn retry_after_prefers_milliseconds_and_caps_seconds() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("2"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        h.insert("retry-after-ms", HeaderValue::from_static("150"));
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(150)));
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("3600"));
+        assert_eq!(retry_after(&h), None);
+    }
+}

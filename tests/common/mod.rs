@@ -1,0 +1,192 @@
+//! Test harness: a real gateway on a port-0 socket, in front of the
+//! project's simulated upstream (also on port 0), over the per-test database
+//! `#[sqlx::test]` provides. Nothing here is mocked but the model backend.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use tollgate::app::{self, AppState};
+use tollgate::config::{Config, DisconnectPolicy, Secret, UpstreamConfig, UpstreamKind};
+use tollgate::ledger::LedgerRow;
+use tollgate::mock_upstream::MockUpstream;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const UPSTREAM_KEY: &str = "sk-upstream-secret";
+
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    pub mock: MockUpstream,
+    pub pool: PgPool,
+    pub http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+    _spool: tempfile::TempDir,
+}
+
+impl TestGateway {
+    pub async fn start(pool: PgPool) -> Self {
+        Self::start_with(pool, |_| {}).await
+    }
+
+    pub async fn start_with(pool: PgPool, adjust: impl FnOnce(&mut Config)) -> Self {
+        let mock = MockUpstream::new();
+        let mock_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mock_addr = mock_listener.local_addr().unwrap();
+        tokio::spawn(mock.clone().serve(mock_listener));
+
+        let spool = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.admin_token = Secret::new(ADMIN_TOKEN);
+        config.drain_deadline_secs = 5;
+        config.on_client_disconnect = DisconnectPolicy::Drain;
+        config.ledger.spool_dir = spool.path().to_path_buf();
+        config.upstreams = vec![UpstreamConfig {
+            name: "mock".into(),
+            url: format!("http://{mock_addr}/v1"),
+            key: Secret::new(UPSTREAM_KEY),
+            kind: UpstreamKind::Openai,
+            connect_timeout_ms: 2_000,
+        }];
+        adjust(&mut config);
+        config.validate().unwrap();
+
+        let (state, background) = app::build_state(config, pool.clone()).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(app::run(listener, state.clone(), background, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            state,
+            mock,
+            pool,
+            http: reqwest::Client::new(),
+            stop: Some(stop),
+            server: Some(server),
+            _spool: spool,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A fresh client key for `tenant`.
+    pub async fn key(&self, tenant: &str) -> String {
+        tollgate::auth::create_key(&self.pool, tenant, "test")
+            .await
+            .unwrap()
+            .key
+    }
+
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Sets a price through the admin API (the real path).
+    pub async fn set_price(&self, model: &str, price: Value) {
+        let (status, body) = self
+            .admin(
+                reqwest::Method::PUT,
+                &format!("/admin/prices/{model}"),
+                Some(price),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+
+    pub async fn create(&self, key: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/v1/responses"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Every ledger row, oldest first, once at least `n` exist.
+    pub async fn rows(&self, n: usize) -> Vec<LedgerRow> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            self.state.ledger.flush().await;
+            let rows: Vec<LedgerRow> = sqlx::query_as(&format!(
+                "SELECT {} FROM usage_ledger ORDER BY id",
+                tollgate::ledger::COLUMNS
+            ))
+            .fetch_all(&self.pool)
+            .await
+            .unwrap();
+            if rows.len() >= n || tokio::time::Instant::now() > deadline {
+                return rows;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Runs the shutdown sequence and waits for it.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// The price used by most tests: gpt-5.5's list price (USD per token).
+pub fn gpt55_price() -> Value {
+    serde_json::json!({
+        "input_cost_per_token": "0.000005",
+        "cache_read_input_token_cost": "0.0000005",
+        "output_cost_per_token": "0.00003",
+    })
+}
+
+/// Splits an SSE body into `(event, data JSON)` pairs.
+pub fn sse_events(body: &str) -> Vec<(String, Value)> {
+    body.split("\n\n")
+        .filter(|block| !block.trim().is_empty())
+        .map(|block| {
+            let mut event = String::new();
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event: ") {
+                    event = v.to_owned();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data.push_str(v);
+                }
+            }
+            (event, serde_json::from_str(&data).unwrap_or(Value::Null))
+        })
+        .collect()
+}
