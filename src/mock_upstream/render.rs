@@ -139,7 +139,6 @@ pub(crate) enum Ev {
     Error,
 }
 
-
 /// How events are framed on the wire (`mock_line_ending`, `mock_no_event_lines`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Framing {

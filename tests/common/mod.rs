@@ -43,18 +43,20 @@ impl TestGateway {
         tokio::spawn(mock.clone().serve(mock_listener));
 
         let spool = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.admin_token = Secret::new(ADMIN_TOKEN);
-        config.drain_deadline_secs = 5;
-        config.on_client_disconnect = DisconnectPolicy::Drain;
+        let mut config = Config {
+            admin_token: Secret::new(ADMIN_TOKEN),
+            drain_deadline_secs: 5,
+            on_client_disconnect: DisconnectPolicy::Drain,
+            upstreams: vec![UpstreamConfig {
+                name: "mock".into(),
+                url: format!("http://{mock_addr}/v1"),
+                key: Secret::new(UPSTREAM_KEY),
+                kind: UpstreamKind::Openai,
+                connect_timeout_ms: 2_000,
+            }],
+            ..Config::default()
+        };
         config.ledger.spool_dir = spool.path().to_path_buf();
-        config.upstreams = vec![UpstreamConfig {
-            name: "mock".into(),
-            url: format!("http://{mock_addr}/v1"),
-            key: Secret::new(UPSTREAM_KEY),
-            kind: UpstreamKind::Openai,
-            connect_timeout_ms: 2_000,
-        }];
         adjust(&mut config);
         config.validate().unwrap();
 
