@@ -140,7 +140,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/prices", get(admin::list_prices))
         .route("/admin/prices/import", post(admin::import_prices))
         .route(
-            "/admin/prices/{model}",
+            "/admin/prices/{*model}",
             put(admin::put_price).get(admin::price_history),
         )
         .route("/admin/usage/records", get(reports::admin_records))

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-pub use writer::{spawn_writer, LedgerHandle, LedgerStats};
+pub use writer::{spawn_writer, CapturedRows, LedgerHandle, LedgerStats};
 
 /// How a request ended (CONTRACT §5 `status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,7 +105,9 @@ pub struct LedgerRow {
     pub total_tokens: i64,
     pub service_tier: Option<String>,
     pub price_id: Option<i64>,
-    /// Exact decimal, serialized as a string; null when unpriced.
+    /// Exact decimal, serialized as a string without trailing zeros; null
+    /// when unpriced.
+    #[serde(serialize_with = "serialize_cost")]
     pub cost: Option<Decimal>,
     pub unpriced_reason: Option<String>,
     pub currency: String,
@@ -128,3 +130,11 @@ pub const COLUMNS: &str =
      output_tokens, reasoning_tokens, total_tokens, service_tier, price_id, cost, unpriced_reason, \
      currency, http_status, error_code, attempts, fallback_from, end_user, client_disconnected, \
      mcp_calls, started_at, first_byte_at, finished_at";
+
+/// The database keeps cost at scale 16; clients get the shortest exact form.
+fn serialize_cost<S: serde::Serializer>(cost: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {
+    match cost {
+        Some(value) => s.serialize_str(&value.normalize().to_string()),
+        None => s.serialize_none(),
+    }
+}

@@ -62,10 +62,37 @@ impl LedgerHandle {
         &self.stats
     }
 
+    /// A handle whose rows go to the returned receiver instead of a database:
+    /// for tools and tests that exercise the request path alone.
+    pub fn capture() -> (Self, CapturedRows) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = Self {
+            tx,
+            stats: Arc::new(LedgerStats::default()),
+        };
+        (handle, CapturedRows(rx))
+    }
+
     /// Asks the writer to store everything recorded so far and stop; rows
     /// recorded later are refused (and logged), so call this last.
     pub fn close(&self) {
         let _ = self.tx.send(Message::Close);
+    }
+}
+
+/// The other end of [`LedgerHandle::capture`].
+pub struct CapturedRows(mpsc::UnboundedReceiver<Message>);
+
+impl CapturedRows {
+    /// Rows recorded so far.
+    pub fn drain(&mut self) -> Vec<LedgerRow> {
+        let mut rows = Vec::new();
+        while let Ok(message) = self.0.try_recv() {
+            if let Message::Row(row) = message {
+                rows.push(*row);
+            }
+        }
+        rows
     }
 }
 

@@ -272,3 +272,112 @@ impl Drop for MeteredBody {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::auth::Principal;
+    use crate::ledger::{CapturedRows, LedgerHandle, LedgerRow};
+    use crate::metering::RequestContext;
+    use proptest::prelude::*;
+
+    fn recorded_stream(line_end: &str) -> Vec<u8> {
+        let events = [
+            ("response.created", r#"{"type":"response.created","sequence_number":0,"response":{"id":"resp_1","object":"response","status":"in_progress","model":"gpt-5.5-2025-08-07","usage":null}}"#.to_owned()),
+            ("response.output_text.delta", r#"{"type":"response.output_text.delta","sequence_number":1,"delta":"caf\u00e9 ☕ response.completed","logprobs":[]}"#.to_owned()),
+            ("response.output_text.delta", r#"{"type":"response.output_text.delta","sequence_number":2,"delta":" more","logprobs":[]}"#.to_owned()),
+            ("response.completed", r#"{"type":"response.completed","sequence_number":3,"response":{"id":"resp_1","object":"response","status":"completed","model":"gpt-5.5-2025-08-07","service_tier":"default","output":[],"usage":{"input_tokens":1200,"input_tokens_details":{"cached_tokens":200},"output_tokens":900,"output_tokens_details":{"reasoning_tokens":600},"total_tokens":2100}}}"#.to_owned()),
+        ];
+        let mut out = String::new();
+        for (event, data) in events {
+            out.push_str(&format!(
+                "event: {event}{line_end}data: {data}{line_end}{line_end}"
+            ));
+        }
+        out.into_bytes()
+    }
+
+    /// Runs `chunks` through a MeteredBody; returns what the client got and the row.
+    fn run(chunks: Vec<Vec<u8>>) -> (Vec<u8>, LedgerRow) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let (ledger, mut rows): (LedgerHandle, CapturedRows) = LedgerHandle::capture();
+            let principal = Principal {
+                tenant: "t".into(),
+                key_id: "k".into(),
+            };
+            let meter = Meter::new(RequestContext::new(principal, "responses.create"), ledger);
+            let stream = futures_util::stream::iter(
+                chunks
+                    .into_iter()
+                    .map(|c| Ok::<_, std::io::Error>(Bytes::from(c))),
+            );
+            let body = MeteredBody::new(
+                reqwest::Body::wrap_stream(stream),
+                Observer::sse(),
+                meter,
+                200,
+                Duration::from_secs(5),
+                DisconnectPolicy::Drain,
+                TaskTracker::new(),
+            );
+            let forwarded = body.collect().await.unwrap().to_bytes().to_vec();
+            let mut recorded = rows.drain();
+            assert_eq!(recorded.len(), 1, "exactly one row");
+            (forwarded, recorded.remove(0))
+        })
+    }
+
+    fn split(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        points.sort_unstable();
+        points.dedup();
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        for point in points.into_iter().chain([bytes.len()]) {
+            chunks.push(bytes[start..point].to_vec());
+            start = point;
+        }
+        chunks
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn any_split_forwards_the_same_bytes_and_captures_the_same_usage(
+            cuts in proptest::collection::vec(any::<usize>(), 0..40),
+            line_end in prop_oneof![Just("\n"), Just("\r\n"), Just("\r")],
+        ) {
+            let stream = recorded_stream(line_end);
+            let (whole_bytes, whole_row) = run(vec![stream.clone()]);
+            let (split_bytes, split_row) = run(split(&stream, &cuts));
+            prop_assert_eq!(&whole_bytes, &stream);
+            prop_assert_eq!(&split_bytes, &stream);
+            prop_assert_eq!(whole_row.status.as_str(), "completed");
+            prop_assert_eq!((split_row.input_tokens, split_row.cached_tokens, split_row.output_tokens, split_row.reasoning_tokens),
+                            (1200, 200, 900, 600));
+            prop_assert_eq!(&split_row.response_id, &whole_row.response_id);
+            prop_assert_eq!(&split_row.status, &whole_row.status);
+            prop_assert_eq!(split_row.total_tokens, whole_row.total_tokens);
+        }
+    }
+
+    #[test]
+    fn a_stream_without_terminal_event_is_interrupted_with_its_id() {
+        let stream = recorded_stream("\n");
+        let cut = stream.len() - 200;
+        let (bytes, row) = run(vec![stream[..cut].to_vec()]);
+        assert_eq!(bytes, &stream[..cut]);
+        assert_eq!(row.status, "interrupted");
+        assert_eq!(row.usage_source, "missing");
+        assert_eq!(row.response_id.as_deref(), Some("resp_1"));
+        assert_eq!(
+            row.error_code.as_deref(),
+            Some("stream_ended_without_terminal_event")
+        );
+    }
+}
