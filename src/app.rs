@@ -52,7 +52,7 @@ pub struct AppState {
     pub auth: Authenticator,
     pub prices: PriceBook,
     pub ledger: LedgerHandle,
-    pub upstream: Upstream,
+    pub upstream: Arc<Upstream>,
     /// Work that must finish before exit (drains of abandoned streams).
     pub tasks: TaskTracker,
     /// Stops background loops at shutdown.
@@ -81,7 +81,7 @@ pub async fn build_state(
     config: Config,
     pool: PgPool,
 ) -> anyhow::Result<(Arc<AppState>, Background)> {
-    let upstream = Upstream::new(config.require_upstream()?)?;
+    let upstream = Arc::new(Upstream::new(config.require_upstream()?)?);
     let prices = PriceBook::load(&pool).await?;
     let spool = Spool::open(&config.ledger.spool_dir).map_err(|e| {
         anyhow::anyhow!(

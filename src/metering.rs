@@ -108,6 +108,21 @@ impl Outcome {
     }
 }
 
+impl Outcome {
+    /// This interrupted outcome, completed by the final response fetched from
+    /// the upstream afterwards. The cut stays visible in `error_code`.
+    pub fn recovered(self, summary: ResponseSummary) -> Self {
+        let http_status = self.http_status.unwrap_or(200);
+        let mut outcome = Self::from_summary(summary, http_status);
+        outcome.usage_source = UsageSource::Recovered;
+        outcome.error_code = self.error_code;
+        outcome.response_id = outcome.response_id.or(self.response_id);
+        outcome.first_byte_at = self.first_byte_at;
+        outcome.client_disconnected = self.client_disconnected;
+        outcome
+    }
+}
+
 /// Records its request exactly once.
 pub struct Meter {
     ctx: Option<RequestContext>,

@@ -324,10 +324,12 @@ async fn cut_stream_is_recorded_without_inventing_usage(pool: PgPool) {
     let gw = TestGateway::start(pool).await;
     gw.set_price("gpt-5.5", gpt55_price()).await;
     let key = gw.key("acme").await;
+    // store: false — the upstream keeps nothing, so nothing can be recovered.
     let response = gw
         .create(
             &key,
-            json!({"model": "gpt-5.5", "input": "x", "stream": true, "metadata": {"mock_cut_after": "4", "mock_delay_ms": "10"}}),
+            json!({"model": "gpt-5.5", "input": "x", "stream": true, "store": false,
+                   "metadata": {"mock_cut_after": "4", "mock_delay_ms": "10"}}),
         )
         .await;
     assert_eq!(response.status(), 200);
@@ -339,6 +341,7 @@ async fn cut_stream_is_recorded_without_inventing_usage(pool: PgPool) {
     let row = &rows[0];
     assert_eq!(row.status, "interrupted");
     assert_eq!(row.usage_source, "missing");
+    assert_eq!((row.input_tokens, row.output_tokens), (0, 0));
     assert_eq!(row.cost, None);
     assert_eq!(row.unpriced_reason.as_deref(), Some("usage_missing"));
     assert!(
@@ -346,6 +349,40 @@ async fn cut_stream_is_recorded_without_inventing_usage(pool: PgPool) {
         "the id from response.created is kept"
     );
     assert_eq!(row.error_code.as_deref(), Some("upstream_stream_error"));
+}
+
+#[sqlx::test]
+async fn cut_stream_usage_is_recovered_from_the_upstream(pool: PgPool) {
+    let gw = TestGateway::start(pool).await;
+    gw.set_price("gpt-5.5", gpt55_price()).await;
+    let key = gw.key("acme").await;
+    let response = gw
+        .create(
+            &key,
+            json!({"model": "gpt-5.5", "input": "x", "stream": true,
+                   "metadata": {"mock_cut_after": "4", "mock_delay_ms": "10", "mock_usage": "20,0,30,0"}}),
+        )
+        .await;
+    assert!(response.bytes().await.is_err());
+    let rows = gw.rows(1).await;
+    let row = &rows[0];
+    assert_eq!(row.status, "completed");
+    assert_eq!(row.usage_source, "recovered");
+    assert_eq!((row.input_tokens, row.output_tokens), (20, 30));
+    // 20*0.000005 + 30*0.00003
+    assert_eq!(row.cost, dec("0.001"));
+    assert_eq!(
+        row.error_code.as_deref(),
+        Some("upstream_stream_error"),
+        "the cut stays flagged"
+    );
+    let retrieved = gw
+        .mock
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains(row.response_id.as_deref().unwrap()))
+        .count();
+    assert_eq!(retrieved, 1);
 }
 
 #[sqlx::test]

@@ -26,7 +26,7 @@ use crate::error::ApiError;
 use crate::metering::{Meter, RequestContext};
 use crate::usage::error_code_from_body;
 use request::{parse_create, CreateRequest};
-use tap::{MeteredBody, Observer};
+use tap::{MeteredBody, Observer, TapSettings};
 use upstream::{forwarded_headers, retry_after, Upstream};
 
 pub const REQUEST_ID_HEADER: &str = "x-tollgate-request-id";
@@ -86,7 +86,7 @@ async fn forward_create(
     };
     drop(bytes);
 
-    let upstream = &state.upstream;
+    let upstream = state.upstream.as_ref();
     let Some(ctx) = meter.ctx_mut() else {
         return ApiError::internal("meter without context").into_response();
     };
@@ -140,9 +140,12 @@ async fn forward_create(
         observer,
         meter,
         status.as_u16(),
-        request.timeout(),
-        state.config.on_client_disconnect,
-        state.tasks.clone(),
+        TapSettings {
+            idle: request.timeout(),
+            policy: state.config.on_client_disconnect,
+            tasks: state.tasks.clone(),
+            recovery: Some(state.upstream.clone()),
+        },
     );
     let mut response = Response::new(Body::new(body));
     *response.status_mut() = status;

@@ -11,6 +11,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::DisconnectPolicy;
 use crate::ledger::RequestStatus;
 use crate::metering::{Meter, Outcome};
+use crate::proxy::upstream::Upstream;
 use crate::sse::{SseScanner, TerminalKind};
 use crate::usage::{error_code_from_body, JsonBodyCollector};
 
@@ -73,16 +75,26 @@ impl std::fmt::Display for IdleTimeout {
 
 impl std::error::Error for IdleTimeout {}
 
+/// How a metered body behaves around its end.
+#[derive(Clone)]
+pub struct TapSettings {
+    /// Longest silence from the upstream before the body is cut.
+    pub idle: Duration,
+    pub policy: DisconnectPolicy,
+    /// Where drains and recoveries run, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// Asked for the final response when a stream ends without one.
+    pub recovery: Option<Arc<Upstream>>,
+}
+
 pub struct MeteredBody {
     inner: Option<reqwest::Body>,
     observer: Observer,
     meter: Option<Meter>,
     http_status: u16,
     first_byte_at: Option<DateTime<Utc>>,
-    idle: Duration,
     timer: Pin<Box<Sleep>>,
-    policy: DisconnectPolicy,
-    tasks: TaskTracker,
+    settings: TapSettings,
     client_gone: bool,
 }
 
@@ -92,9 +104,7 @@ impl MeteredBody {
         observer: Observer,
         meter: Meter,
         http_status: u16,
-        idle: Duration,
-        policy: DisconnectPolicy,
-        tasks: TaskTracker,
+        settings: TapSettings,
     ) -> Self {
         Self {
             inner: Some(inner),
@@ -102,12 +112,14 @@ impl MeteredBody {
             meter: Some(meter),
             http_status,
             first_byte_at: None,
-            idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
-            policy,
-            tasks,
+            timer: Box::pin(tokio::time::sleep(settings.idle)),
+            settings,
             client_gone: false,
         }
+    }
+
+    fn can_spawn(&self) -> bool {
+        !self.settings.tasks.is_closed() && tokio::runtime::Handle::try_current().is_ok()
     }
 
     fn finish(&mut self, end: End) {
@@ -118,6 +130,23 @@ impl MeteredBody {
         let mut outcome = self.outcome(end);
         outcome.first_byte_at = self.first_byte_at;
         outcome.client_disconnected = self.client_gone || end == End::ClientGone;
+        // The stream ended without its terminal event but we know the
+        // response: the upstream may still hold its final usage.
+        if outcome.status == RequestStatus::Interrupted && self.can_spawn() {
+            if let (Some(id), Some(upstream)) =
+                (outcome.response_id.clone(), self.settings.recovery.clone())
+            {
+                let within = self.settings.idle;
+                self.settings.tasks.spawn(async move {
+                    let outcome = match upstream.recover(&id, within).await {
+                        Some(summary) => outcome.recovered(summary),
+                        None => outcome,
+                    };
+                    meter.finish(outcome);
+                });
+                return;
+            }
+        }
         meter.finish(outcome);
     }
 
@@ -201,7 +230,9 @@ impl Body for MeteredBody {
                 if let Some(data) = frame.data_ref() {
                     this.first_byte_at.get_or_insert_with(Utc::now);
                     this.observer.feed(data);
-                    this.timer.as_mut().reset(Instant::now() + this.idle);
+                    this.timer
+                        .as_mut()
+                        .reset(Instant::now() + this.settings.idle);
                 }
                 if this.inner.as_ref().is_some_and(Body::is_end_stream) {
                     this.finish(End::Complete);
@@ -242,9 +273,7 @@ impl Drop for MeteredBody {
         if self.meter.is_none() {
             return;
         }
-        let drain = self.policy == DisconnectPolicy::Drain
-            && tokio::runtime::Handle::try_current().is_ok()
-            && !self.tasks.is_closed();
+        let drain = self.settings.policy == DisconnectPolicy::Drain && self.can_spawn();
         if !drain {
             self.finish(End::ClientGone);
             return;
@@ -257,13 +286,14 @@ impl Drop for MeteredBody {
             meter: self.meter.take(),
             http_status: self.http_status,
             first_byte_at: self.first_byte_at,
-            idle: self.idle,
-            timer: Box::pin(tokio::time::sleep(self.idle)),
-            policy: DisconnectPolicy::Abort,
-            tasks: self.tasks.clone(),
+            timer: Box::pin(tokio::time::sleep(self.settings.idle)),
+            settings: TapSettings {
+                policy: DisconnectPolicy::Abort,
+                ..self.settings.clone()
+            },
             client_gone: true,
         };
-        self.tasks.spawn(async move {
+        self.settings.tasks.spawn(async move {
             while let Some(frame) = rest.frame().await {
                 if frame.is_err() {
                     break;
@@ -321,9 +351,12 @@ mod tests {
                 Observer::sse(),
                 meter,
                 200,
-                Duration::from_secs(5),
-                DisconnectPolicy::Drain,
-                TaskTracker::new(),
+                TapSettings {
+                    idle: Duration::from_secs(5),
+                    policy: DisconnectPolicy::Drain,
+                    tasks: TaskTracker::new(),
+                    recovery: None,
+                },
             );
             let forwarded = body.collect().await.unwrap().to_bytes().to_vec();
             let mut recorded = rows.drain();

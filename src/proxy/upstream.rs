@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{Secret, UpstreamConfig, UpstreamKind};
+use crate::usage::ResponseSummary;
 
 pub struct Upstream {
     pub name: String,
@@ -41,9 +42,9 @@ impl Upstream {
         })
     }
 
-    /// `POST <base>/responses` with the upstream's credential.
-    pub fn create_response(&self, body: Bytes, request_id: &str) -> reqwest::RequestBuilder {
-        let url = format!("{}/responses", self.base_url);
+    /// A request to `<base>/responses<suffix>` carrying the upstream's credential.
+    fn authorized(&self, method: reqwest::Method, suffix: &str) -> reqwest::RequestBuilder {
+        let url = format!("{}/responses{suffix}", self.base_url);
         let mut credential = match self.kind {
             UpstreamKind::Openai => HeaderValue::try_from(format!("Bearer {}", self.key.expose())),
             UpstreamKind::Azure => HeaderValue::try_from(self.key.expose()),
@@ -55,12 +56,66 @@ impl Upstream {
             UpstreamKind::Azure => HeaderName::from_static("api-key"),
         };
         self.client
-            .post(url)
+            .request(method, url)
             .header(credential_header, credential)
+    }
+
+    /// `POST <base>/responses`.
+    pub fn create_response(&self, body: Bytes, request_id: &str) -> reqwest::RequestBuilder {
+        self.authorized(reqwest::Method::POST, "")
             .header(http::header::CONTENT_TYPE, "application/json")
             .header("x-client-request-id", request_id)
             .body(body)
     }
+
+    /// The final state of a response whose stream we lost, by asking the
+    /// upstream for it (`GET /responses/{id}`; needs `store` not false).
+    /// Polls while it is still running, until `within` has passed. `None`
+    /// when the upstream does not have it or never reports usage.
+    pub async fn recover(&self, response_id: &str, within: Duration) -> Option<ResponseSummary> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut wait = Duration::from_millis(200);
+        let path = format!("/{}", urlencode_path(response_id));
+        loop {
+            let sent = tokio::time::timeout_at(
+                deadline,
+                self.authorized(reqwest::Method::GET, &path).send(),
+            )
+            .await;
+            let response = match sent {
+                Ok(Ok(response)) if response.status().is_success() => response,
+                Ok(Ok(response)) if response.status().is_client_error() => return None,
+                Err(_) => return None,
+                _ => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            let body = tokio::time::timeout_at(deadline, response.bytes())
+                .await
+                .ok()?
+                .ok()?;
+            let summary = ResponseSummary::from_response_json(&body).ok()?;
+            match summary.status.as_deref() {
+                Some("queued" | "in_progress") if tokio::time::Instant::now() + wait < deadline => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                _ => return summary.usage.is_some().then_some(summary),
+            }
+        }
+    }
+}
+
+/// Response ids are opaque to us: keep them from changing the path.
+fn urlencode_path(id: &str) -> String {
+    id.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 /// Response headers the client gets from the upstream (CONTRACT §3).
