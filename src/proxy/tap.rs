@@ -130,9 +130,10 @@ impl MeteredBody {
         let mut outcome = self.outcome(end);
         outcome.first_byte_at = self.first_byte_at;
         outcome.client_disconnected = self.client_gone || end == End::ClientGone;
-        // The stream ended without its terminal event but we know the
-        // response: the upstream may still hold its final usage.
-        if outcome.status == RequestStatus::Interrupted && self.can_spawn() {
+        // The exchange ended without usage but we know the response (a cut
+        // stream, an `error` event): the upstream may still hold its usage.
+        let usage_missing = outcome.summary.as_ref().is_none_or(|s| s.usage.is_none());
+        if usage_missing && outcome.status != RequestStatus::UpstreamError && self.can_spawn() {
             if let (Some(id), Some(upstream)) =
                 (outcome.response_id.clone(), self.settings.recovery.clone())
             {

@@ -1,0 +1,398 @@
+//! Nothing lost: fault tests that count requests sent against ledger rows and
+//! compare every row's tokens with what the upstream reported.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{gpt55_price, TestGateway};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tollgate::ledger::LedgerRow;
+use tollgate::mock_upstream::MockUpstream;
+
+/// The response id announced by `response.created` in the first chunk(s).
+async fn read_created_id(response: &mut reqwest::Response) -> String {
+    let mut seen = Vec::new();
+    loop {
+        let chunk = response
+            .chunk()
+            .await
+            .unwrap()
+            .expect("stream ended before response.created");
+        seen.extend_from_slice(&chunk);
+        let text = String::from_utf8_lossy(&seen);
+        if let Some(start) = text.find("\"id\":\"resp_") {
+            let rest = &text[start + 6..];
+            if let Some(end) = rest.find('"') {
+                return rest[..end].to_owned();
+            }
+        }
+    }
+}
+
+#[sqlx::test]
+async fn concurrent_streams_with_random_disconnects_all_carry_the_real_usage(pool: PgPool) {
+    let gw = TestGateway::start(pool).await;
+    gw.set_price("gpt-5.5", gpt55_price()).await;
+    let key = gw.key("acme").await;
+
+    const STREAMS: usize = 200;
+    // Every 4th stream's client walks away after the first event: 50 of 200.
+    let mut tasks = Vec::new();
+    for i in 0..STREAMS {
+        let request = gw
+            .http
+            .post(gw.url("/v1/responses"))
+            .bearer_auth(&key)
+            .json(&json!({
+                "model": "gpt-5.5", "input": "x", "stream": true,
+                "metadata": {"mock_usage": format!("{},0,{},0", 100 + i, 10 + i),
+                             "mock_deltas": "8", "mock_delay_ms": "15"}
+            }));
+        tasks.push(tokio::spawn(async move {
+            let mut response = request.send().await.unwrap();
+            let id = read_created_id(&mut response).await;
+            if i % 4 == 0 {
+                drop(response);
+            } else {
+                while response.chunk().await.unwrap().is_some() {}
+            }
+            (id, i)
+        }));
+    }
+    let mut expected: HashMap<String, usize> = HashMap::new();
+    for task in tasks {
+        let (id, i) = task.await.unwrap();
+        expected.insert(id, i);
+    }
+
+    let rows = gw.rows(STREAMS).await;
+    assert_eq!(rows.len(), STREAMS, "one row per request");
+    let mut disconnected = 0;
+    for row in &rows {
+        let i = expected[row.response_id.as_deref().unwrap()];
+        assert_eq!(row.status, "completed", "{row:?}");
+        assert_eq!(row.usage_source, "reported");
+        assert_eq!(
+            (row.input_tokens, row.output_tokens),
+            (100 + i as i64, 10 + i as i64)
+        );
+        assert!(row.cost.is_some());
+        if row.client_disconnected {
+            disconnected += 1;
+            assert_eq!(i % 4, 0);
+        }
+    }
+    assert_eq!(disconnected, STREAMS / 4);
+}
+
+#[sqlx::test]
+async fn upstream_faults_leave_one_flagged_row_each(pool: PgPool) {
+    let gw = TestGateway::start(pool).await;
+    gw.set_price("gpt-5.5", gpt55_price()).await;
+    let key = gw.key("acme").await;
+    let scenarios = [
+        (
+            "garbage",
+            json!({"mock_garbage": "1", "mock_usage": "7,0,3,0"}),
+            true,
+        ),
+        (
+            "error_event",
+            json!({"mock_error_event": "1", "mock_usage": "7,0,3,0"}),
+            true,
+        ),
+        (
+            "error_event_unstored",
+            json!({"mock_error_event": "1"}),
+            false,
+        ),
+        (
+            "cut",
+            json!({"mock_cut_after": "3", "mock_delay_ms": "5", "mock_usage": "7,0,3,0"}),
+            true,
+        ),
+    ];
+    for (name, metadata, store) in &scenarios {
+        let response = gw
+            .create(&key, json!({"model": "gpt-5.5", "input": name, "stream": true, "store": store, "metadata": metadata}))
+            .await;
+        let _ = response.bytes().await;
+    }
+    let rows = gw.rows(scenarios.len()).await;
+    assert_eq!(rows.len(), scenarios.len());
+    let summary: Vec<(&str, &str, Option<&str>)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.status.as_str(),
+                r.usage_source.as_str(),
+                r.error_code.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            // Junk inside a non-lifecycle event does not disturb metering.
+            ("completed", "reported", None),
+            // The error event says what went wrong; the usage comes from the upstream's record.
+            ("completed", "recovered", Some("server_error")),
+            ("failed", "missing", Some("server_error")),
+            ("completed", "recovered", Some("upstream_stream_error")),
+        ]
+    );
+    assert_eq!(rows[2].cost, None);
+    assert_eq!(rows[2].unpriced_reason.as_deref(), Some("usage_missing"));
+    for row in [&rows[0], &rows[1], &rows[3]] {
+        // 7*0.000005 + 3*0.00003
+        assert_eq!(row.cost, Some("0.000125".parse().unwrap()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_loses_and_duplicates_nothing() {
+    let cluster = tokio::task::spawn_blocking(tollgate::pgtemp::TempCluster::start)
+        .await
+        .unwrap()
+        .expect("a throwaway PostgreSQL cluster (initdb/pg_ctl) is needed");
+    let config = tollgate::config::Config {
+        database_url: cluster.url(),
+        ..Default::default()
+    };
+    let pool = tollgate::app::connect(&config).await.unwrap();
+    tollgate::app::migrate(&pool).await.unwrap();
+    let gw = TestGateway::start(pool.clone()).await;
+    gw.set_price("gpt-5.5", gpt55_price()).await;
+    let key = gw.key("acme").await;
+
+    let send = |i: usize| {
+        gw.http
+            .post(gw.url("/v1/responses"))
+            .bearer_auth(&key)
+            .json(&json!({
+                "model": "gpt-5.5", "input": "x", "stream": i % 2 == 0,
+                "metadata": {"mock_usage": format!("{i},0,1,0")}
+            }))
+    };
+    let mut sent = 0;
+    let started = Instant::now();
+    let mut stopped_at = None;
+    let mut restarted = false;
+    while started.elapsed() < Duration::from_secs(16) {
+        if stopped_at.is_none() && started.elapsed() > Duration::from_secs(2) {
+            let c = &cluster;
+            c.stop().unwrap();
+            stopped_at = Some(Instant::now());
+        }
+        if let Some(at) = stopped_at {
+            if !restarted && at.elapsed() > Duration::from_secs(10) {
+                cluster.start_again().unwrap();
+                restarted = true;
+            }
+        }
+        let mut batch = Vec::new();
+        for _ in 0..10 {
+            sent += 1;
+            batch.push(send(sent).send());
+        }
+        for response in futures_util::future::join_all(batch).await {
+            let response = response.unwrap();
+            assert_eq!(
+                response.status(),
+                200,
+                "requests are served while the database is down"
+            );
+            response.bytes().await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(restarted);
+
+    // Everything spooled during the outage is replayed, exactly once.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut rows: Vec<LedgerRow>;
+    loop {
+        gw.state.ledger.flush().await;
+        rows = sqlx::query_as(&format!(
+            "SELECT {} FROM usage_ledger",
+            tollgate::ledger::COLUMNS
+        ))
+        .fetch_all(&pool)
+        .await
+        .unwrap_or_default();
+        if rows.len() >= sent || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(rows.len(), sent, "zero rows lost");
+    let mut inputs: Vec<i64> = rows.iter().map(|r| r.input_tokens).collect();
+    inputs.sort_unstable();
+    assert_eq!(
+        inputs,
+        (1..=sent as i64).collect::<Vec<_>>(),
+        "each request once, with its own usage"
+    );
+    let stats = gw.state.ledger.stats();
+    assert!(
+        stats
+            .write_errors
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0,
+        "the outage was real"
+    );
+    assert_eq!(stats.spooled.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+/// Kills the child on every exit path.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[sqlx::test]
+async fn sigterm_drains_open_streams_and_records_every_one(pool: PgPool) {
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    tollgate::pricing::insert_version(
+        &pool,
+        "gpt-5.5",
+        Some(
+            &tollgate::pricing::PriceSheet::from_fields(
+                &[
+                    ("input_cost_per_token", "0.000005"),
+                    ("output_cost_per_token", "0.00003"),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.parse().unwrap()))
+                .collect(),
+                None,
+            )
+            .unwrap(),
+        ),
+        chrono::Utc::now() - chrono::Duration::seconds(5),
+        "test",
+    )
+    .await
+    .unwrap();
+    let key = tollgate::auth::create_key(&pool, "acme", "t")
+        .await
+        .unwrap()
+        .key;
+
+    let mock = MockUpstream::without_recording();
+    let mock_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mock_addr = mock_listener.local_addr().unwrap();
+    tokio::spawn(mock.serve(mock_listener));
+
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("tollgate.toml");
+    let mut file = std::fs::File::create(&config_path).unwrap();
+    writeln!(file, "drain_deadline_secs = 8").unwrap();
+    let port = free_port();
+    let mut child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env(
+                "DATABASE_URL",
+                format!("postgres://postgres@127.0.0.1:5432/{database}"),
+            )
+            .env("TOLLGATE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("TOLLGATE_UPSTREAM_URL", format!("http://{mock_addr}/v1"))
+            .env("TOLLGATE_UPSTREAM_KEY", "upstream")
+            .env("TOLLGATE_SPOOL_DIR", dir.path().join("spool"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "gateway did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    const STREAMS: usize = 100;
+    let mut tasks = Vec::new();
+    for i in 0..STREAMS {
+        let request = http.post(format!("{base}/v1/responses")).bearer_auth(&key).json(&json!({
+            "model": "turing/gpt-5.5", "input": "x", "stream": true,
+            // ~3 s per stream: still open when SIGTERM arrives, done before the deadline.
+            "metadata": {"mock_usage": format!("{},0,5,0", i + 1), "mock_deltas": "30", "mock_delay_ms": "100"}
+        }));
+        tasks.push(tokio::spawn(async move {
+            let mut response = request.send().await.unwrap();
+            read_created_id(&mut response).await;
+            let mut body = Vec::new();
+            while let Ok(Some(chunk)) = response.chunk().await {
+                body.extend_from_slice(&chunk);
+            }
+            String::from_utf8_lossy(&body).contains("response.completed")
+        }));
+    }
+    // Let every stream open, then ask the gateway to stop.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let signalled = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // New connections are refused while the open streams finish.
+    let mut completed = 0;
+    for task in tasks {
+        if task.await.unwrap() {
+            completed += 1;
+        }
+    }
+    let exit = tokio::task::spawn_blocking(move || child.0.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(8 + 3),
+        "exited within the drain deadline"
+    );
+    assert_eq!(completed, STREAMS, "open streams were allowed to finish");
+
+    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT status, input_tokens FROM usage_ledger")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), STREAMS, "every row written before exit");
+    assert!(rows.iter().all(|(status, _)| status == "completed"));
+    let mut inputs: Vec<i64> = rows.iter().map(|(_, n)| *n).collect();
+    inputs.sort_unstable();
+    assert_eq!(inputs, (1..=STREAMS as i64).collect::<Vec<_>>());
+    let _: Value = json!(null);
+}
