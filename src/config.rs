@@ -118,6 +118,30 @@ pub struct UpstreamConfig {
     pub kind: UpstreamKind,
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// Azure's legacy form: `POST <url>/responses?api-version=<this>`
+    /// instead of the v1 path.
+    #[serde(default)]
+    pub api_version: Option<String>,
+}
+
+/// One place a public model can be served: an upstream and the model name
+/// that upstream knows (an Azure deployment name, say).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentConfig {
+    pub upstream: String,
+    /// Defaults to the public model id.
+    #[serde(default)]
+    pub deployment: Option<String>,
+}
+
+/// The ordered deployments of one public model (tried in order on
+/// connection failures, 429 and 5xx).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub model: String,
+    pub deployments: Vec<DeploymentConfig>,
 }
 
 fn default_kind() -> UpstreamKind {
@@ -175,12 +199,27 @@ impl Default for PricesConfig {
     }
 }
 
+/// An extra admin token with a label; the label is what the audit trail
+/// (`created_by` of price versions) records for changes made with it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTokenConfig {
+    pub label: String,
+    pub token: Secret,
+}
+
+/// The label recorded for changes made with `admin_token`
+/// (`TOLLGATE_ADMIN_TOKEN`); extra tokens may not take it.
+pub const MAIN_ADMIN_LABEL: &str = "admin";
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listen: String,
     pub database_url: String,
     pub admin_token: Secret,
+    /// Labelled admin tokens besides `admin_token` (`[[admin_tokens]]`).
+    pub admin_tokens: Vec<AdminTokenConfig>,
     pub model_prefix: String,
     /// Largest accepted request body; base64 images make requests large.
     pub body_limit_bytes: usize,
@@ -189,6 +228,13 @@ pub struct Config {
     pub drain_deadline_secs: u64,
     pub on_client_disconnect: DisconnectPolicy,
     pub upstreams: Vec<UpstreamConfig>,
+    /// Per public model; models without a route go to the first upstream.
+    pub routes: Vec<RouteConfig>,
+    /// Per tenant, the MCP `server_url` hosts its requests may name; a
+    /// tenant not listed may name any host.
+    pub mcp_allowed_hosts: HashMap<String, Vec<String>>,
+    /// How often pending background responses are polled for their usage.
+    pub background_poll_secs: u64,
     pub ledger: LedgerConfig,
     pub prices: PricesConfig,
 }
@@ -199,12 +245,16 @@ impl Default for Config {
             listen: "127.0.0.1:8080".into(),
             database_url: "postgres://postgres@127.0.0.1:5432/tollgate".into(),
             admin_token: Secret::default(),
+            admin_tokens: Vec::new(),
             model_prefix: "turing/".into(),
             body_limit_bytes: 32 * 1024 * 1024,
             database_max_connections: 16,
             drain_deadline_secs: 25,
             on_client_disconnect: DisconnectPolicy::Drain,
             upstreams: Vec::new(),
+            routes: Vec::new(),
+            mcp_allowed_hosts: HashMap::new(),
+            background_poll_secs: 15,
             ledger: LedgerConfig::default(),
             prices: PricesConfig::default(),
         }
@@ -278,6 +328,7 @@ impl Config {
                             key: Secret::default(),
                             kind: UpstreamKind::Openai,
                             connect_timeout_ms: default_connect_timeout_ms(),
+                            api_version: None,
                         },
                     );
                     0
@@ -300,6 +351,9 @@ impl Config {
             }
         }
         self.admin_token = resolve_secret(&self.admin_token, "admin_token", env)?;
+        for (i, admin) in self.admin_tokens.iter_mut().enumerate() {
+            admin.token = resolve_secret(&admin.token, &format!("admin_tokens[{i}].token"), env)?;
+        }
         for (i, upstream) in self.upstreams.iter_mut().enumerate() {
             upstream.key = resolve_secret(&upstream.key, &format!("upstreams[{i}].key"), env)?;
         }
@@ -328,6 +382,7 @@ impl Config {
         if self.prices.reload_interval_secs == 0 {
             return Err(invalid("prices.reload_interval_secs", "must be at least 1"));
         }
+        self.validate_admin_tokens()?;
         let mut names = std::collections::HashSet::new();
         for (i, upstream) in self.upstreams.iter().enumerate() {
             let field = |f: &str| format!("upstreams[{i}].{f}");
@@ -348,6 +403,83 @@ impl Config {
             }
             if upstream.key.is_empty() {
                 return Err(invalid(field("key"), "the upstream credential is not set"));
+            }
+        }
+        let mut routed = std::collections::HashSet::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            if route.model.is_empty() || !routed.insert(route.model.as_str()) {
+                return Err(invalid(
+                    format!("routes[{i}].model"),
+                    format!("`{}` is empty or routed twice", route.model),
+                ));
+            }
+            if route.deployments.is_empty() {
+                return Err(invalid(
+                    format!("routes[{i}].deployments"),
+                    "needs at least one deployment",
+                ));
+            }
+            for (j, deployment) in route.deployments.iter().enumerate() {
+                if !names.contains(deployment.upstream.as_str()) {
+                    return Err(invalid(
+                        format!("routes[{i}].deployments[{j}].upstream"),
+                        format!("no upstream is named `{}`", deployment.upstream),
+                    ));
+                }
+            }
+        }
+        if self.background_poll_secs == 0 {
+            return Err(invalid("background_poll_secs", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// Labels are what the audit trail shows, so they must be unambiguous;
+    /// tokens must be distinct so that a token names exactly one label.
+    fn validate_admin_tokens(&self) -> Result<(), ConfigError> {
+        let mut labels = std::collections::HashSet::new();
+        let mut tokens = std::collections::HashSet::new();
+        if !self.admin_token.is_empty() {
+            tokens.insert(self.admin_token.expose());
+        }
+        for (i, admin) in self.admin_tokens.iter().enumerate() {
+            let field = |f: &str| format!("admin_tokens[{i}].{f}");
+            let label_ok = admin.label.len() <= 64
+                && admin
+                    .label
+                    .bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_alphanumeric())
+                && admin
+                    .label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !label_ok {
+                return Err(invalid(
+                    field("label"),
+                    "must be 1-64 characters of A-Z a-z 0-9 . _ - starting with a letter or digit",
+                ));
+            }
+            if admin.label == MAIN_ADMIN_LABEL {
+                return Err(invalid(
+                    field("label"),
+                    format!("`{MAIN_ADMIN_LABEL}` is the label of TOLLGATE_ADMIN_TOKEN"),
+                ));
+            }
+            if !labels.insert(admin.label.as_str()) {
+                return Err(invalid(
+                    field("label"),
+                    format!("`{}` is declared twice", admin.label),
+                ));
+            }
+            if admin.token.is_empty() {
+                return Err(invalid(field("token"), "must not be empty"));
+            }
+            if !tokens.insert(admin.token.expose()) {
+                return Err(invalid(
+                    field("token"),
+                    "the same token is given to another label or to admin_token",
+                ));
             }
         }
         Ok(())
@@ -446,6 +578,56 @@ mod tests {
         let mut config = Config::from_toml(text).unwrap();
         let err = config.apply_env(&env(&[])).unwrap_err().to_string();
         assert!(err.contains("upstreams[0].key"), "{err}");
+    }
+
+    #[test]
+    fn labelled_admin_tokens_resolve_and_are_validated() {
+        let text = "[[admin_tokens]]\nlabel = \"finance\"\ntoken = \"env:FIN_TOKEN\"\n\n\
+                    [[admin_tokens]]\nlabel = \"ops.oncall\"\ntoken = \"literal-token\"\n";
+        let mut config = Config::from_toml(text).unwrap();
+        config
+            .apply_env(&env(&[
+                ("FIN_TOKEN", "fin-secret"),
+                ("TOLLGATE_ADMIN_TOKEN", "main-secret"),
+            ]))
+            .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.admin_tokens[0].label, "finance");
+        assert_eq!(config.admin_tokens[0].token.expose(), "fin-secret");
+        assert_eq!(config.admin_tokens[1].token.expose(), "literal-token");
+        assert!(!format!("{config:?}").contains("fin-secret"));
+
+        // A missing env reference names the field.
+        let err = Config::from_toml(text)
+            .unwrap()
+            .apply_env(&env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("admin_tokens[0].token"), "{err}");
+
+        let check = |toml: &str, main: &str| {
+            let mut config = Config::from_toml(toml).unwrap();
+            config.admin_token = Secret::new(main);
+            config.validate().unwrap_err().to_string()
+        };
+        let one = |label: &str, token: &str| {
+            format!("[[admin_tokens]]\nlabel = \"{label}\"\ntoken = \"{token}\"\n")
+        };
+        for (toml, field) in [
+            (one("", "t"), "admin_tokens[0].label"),
+            (one("has space", "t"), "admin_tokens[0].label"),
+            (one("-dash", "t"), "admin_tokens[0].label"),
+            (one("admin", "t"), "admin_tokens[0].label"),
+            (one("a", ""), "admin_tokens[0].token"),
+            (one("a", "main"), "admin_tokens[0].token"),
+            (format!("{}{}", one("a", "t1"), one("a", "t2")), "admin_tokens[1].label"),
+            (format!("{}{}", one("a", "t1"), one("b", "t1")), "admin_tokens[1].token"),
+        ] {
+            let err = check(&toml, "main");
+            assert!(err.contains(field), "{toml} -> {err}");
+        }
+        // Labels are known fields only.
+        assert!(Config::from_toml("[[admin_tokens]]\nlabel = \"a\"\ntoken = \"t\"\nrole = \"x\"").is_err());
     }
 
     #[test]

@@ -47,6 +47,7 @@ pub async fn run(config_path: Option<&Path>, listen: SocketAddr) -> anyhow::Resu
         key: Secret::new("sk-mock-upstream"),
         kind: UpstreamKind::Openai,
         connect_timeout_ms: 2_000,
+        api_version: None,
     }];
     if config.admin_token.is_empty() {
         config.admin_token = Secret::new(format!("admin-{}", uuid::Uuid::now_v7().simple()));

@@ -20,7 +20,7 @@
 //! | `POST P/responses` | create (JSON or SSE when `"stream":true`) |
 //! | `GET P/responses/{id}` | stored response; `?stream=true[&starting_after=N]` replays its events (always starting with `response.created`, then sequence numbers > N) |
 //! | `DELETE P/responses/{id}` | `{"id","object":"response","deleted":true}`, 404 if unknown |
-//! | `POST P/responses/{id}/cancel` | background responses become `cancelled`; others 400; unknown 404 |
+//! | `POST P/responses/{id}/cancel` | background responses become `cancelled` (idempotent, usage kept); others 400; unknown 404 |
 //! | `GET P/responses/{id}/input_items` | `{"object":"list","data","first_id","last_id","has_more"}` (`limit`, `order`, `after`) |
 //! | `POST P/responses/input_tokens` | `{"object":"response.input_tokens","input_tokens":N}` |
 //! | `POST P/responses/compact` | `response.compaction` object with usage; 400 `unknown_parameter` if the body has `stream` |
@@ -123,7 +123,7 @@ use render::{
 };
 use script::{Script, UsageSpec};
 use store::Store;
-use stream::{EventStream, Transport};
+use stream::{EventStream, Transport, TruncatedBody};
 
 /// Largest request body accepted (axum's default of 2 MiB is too small for
 /// benchmark inputs with big prompts).
@@ -316,7 +316,7 @@ impl MockUpstream {
         uri: &Uri,
         headers: &HeaderMap,
         body: &Bytes,
-    ) -> Result<(), Response> {
+    ) -> Result<(), Reject> {
         self.inner.count.fetch_add(1, Ordering::Relaxed);
         if self.inner.recording {
             let rec = RecordedRequest {
@@ -344,7 +344,7 @@ impl MockUpstream {
         if authorized(headers) {
             Ok(())
         } else {
-            Err(self.error(
+            Err(Reject::from(self.error(
                 StatusCode::UNAUTHORIZED,
                 ErrorBody {
                     message: "Incorrect API key provided. You must provide a non-empty key as `Authorization: Bearer <key>` or `api-key: <key>`.".into(),
@@ -353,7 +353,7 @@ impl MockUpstream {
                     code: Some("invalid_api_key".into()),
                 },
                 None,
-            ))
+            )))
         }
     }
 
@@ -376,7 +376,11 @@ impl MockUpstream {
     }
 
     fn json_response(&self, status: StatusCode, body: Vec<u8>, started: Instant) -> Response {
-        (status, self.headers("application/json", started), body).into_response()
+        with_parts(
+            status,
+            self.headers("application/json", started),
+            Body::from(body),
+        )
     }
 
     fn error(&self, status: StatusCode, e: ErrorBody, retry_after: Option<&str>) -> Response {
@@ -386,7 +390,7 @@ impl MockUpstream {
         }
         let mut body = Vec::with_capacity(256);
         push_json(&mut body, &json!({"error": e.to_json()}));
-        (status, h, body).into_response()
+        with_parts(status, h, Body::from(body))
     }
 
     fn bad_request(&self, message: String, param: Option<&str>, code: Option<&str>) -> Response {
@@ -452,16 +456,25 @@ impl MockUpstream {
         Some(self.error(status, e, s.retry_after.as_deref()))
     }
 
-    fn check_previous(&self, prev: Option<&str>) -> Result<(), Response> {
+    fn check_previous(&self, prev: Option<&str>) -> Result<(), Reject> {
         match prev {
-            Some(id) if self.inner.store.get(id).is_none() => Err(self.bad_request(
+            Some(id) if self.inner.store.get(id).is_none() => Err(Reject::from(self.bad_request(
                 format!("Previous response with id '{id}' not found."),
                 Some("previous_response_id"),
                 Some("previous_response_not_found"),
-            )),
+            ))),
             _ => Ok(()),
         }
     }
+}
+
+/// Assembles a response directly; the `(status, headers, body)` tuple route
+/// would re-insert every header into a second map.
+fn with_parts(status: StatusCode, headers: HeaderMap, body: Body) -> Response {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    *r.headers_mut() = headers;
+    r
 }
 
 const RATE_LIMIT_HEADERS: [(&str, &str); 6] = [
@@ -543,6 +556,24 @@ fn default_error(status: u16) -> ErrorBody {
     }
 }
 
+/// An early answer (an error) from a handler step. Boxed because `Response`
+/// is large and travels through every `?`.
+struct Reject(Box<Response>);
+
+impl From<Response> for Reject {
+    fn from(r: Response) -> Self {
+        Reject(Box::new(r))
+    }
+}
+
+impl IntoResponse for Reject {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
+type Handled = Result<Response, Reject>;
+
 /// The fields of a create request the mock reads or echoes; everything else
 /// is ignored, like unknown fields in a lenient upstream.
 #[derive(Deserialize, Default)]
@@ -572,30 +603,31 @@ struct CreateRequest {
     user: Option<Value>,
 }
 
-fn parse_body<T: for<'de> Deserialize<'de>>(m: &MockUpstream, body: &Bytes) -> Result<T, Response> {
+fn parse_body<T: for<'de> Deserialize<'de>>(m: &MockUpstream, body: &Bytes) -> Result<T, Reject> {
     serde_json::from_slice(body).map_err(|e| {
-        m.bad_request(
+        Reject::from(m.bad_request(
             format!("We could not parse the JSON body of your request. (HINT: {e})"),
             None,
             None,
-        )
+        ))
     })
 }
 
-fn require_model<'a>(m: &MockUpstream, model: Option<&'a str>) -> Result<&'a str, Response> {
+fn require_model<'a>(m: &MockUpstream, model: Option<&'a str>) -> Result<&'a str, Reject> {
     match model {
         Some(s) if !s.is_empty() => Ok(s),
-        _ => Err(m.bad_request(
+        _ => Err(Reject::from(m.bad_request(
             "Missing required parameter: 'model'.".into(),
             Some("model"),
             Some("missing_required_parameter"),
-        )),
+        ))),
     }
 }
 
-fn script_of(m: &MockUpstream, meta: Option<&Map<String, Value>>) -> Result<Script, Response> {
-    Script::from_metadata(meta)
-        .map_err(|e| m.bad_request(e.message, Some(&format!("metadata.{}", e.key)), None))
+fn script_of(m: &MockUpstream, meta: Option<&Map<String, Value>>) -> Result<Script, Reject> {
+    Script::from_metadata(meta).map_err(|e| {
+        Reject::from(m.bad_request(e.message, Some(&format!("metadata.{}", e.key)), None))
+    })
 }
 
 /// Whether `model` already ends in `-YYYY-MM-DD`.
@@ -793,26 +825,13 @@ fn build_plan(m: &MockUpstream, req: CreateRequest, model: &str, s: &Script) -> 
     }
 }
 
-/// A body that sends `first` and then fails, so the client sees a truncated
-/// response (`mock_cut_after` on a JSON request).
-fn truncated_body(first: Vec<u8>) -> Body {
-    let items: [Result<Bytes, std::io::Error>; 2] = [
-        Ok(Bytes::from(first)),
-        Err(std::io::Error::new(
-            std::io::ErrorKind::ConnectionAborted,
-            "mock_cut_after",
-        )),
-    ];
-    Body::from_stream(futures_util::stream::iter(items))
-}
-
 fn sse_response(m: &MockUpstream, stream: EventStream, started: Instant) -> Response {
     let mut h = m.headers("text/event-stream; charset=utf-8", started);
     h.insert(
         http::header::CACHE_CONTROL,
         HeaderValue::from_static("no-cache"),
     );
-    (StatusCode::OK, h, Body::from_stream(stream)).into_response()
+    with_parts(StatusCode::OK, h, Body::from_stream(stream))
 }
 
 async fn create(
@@ -821,30 +840,16 @@ async fn create(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
+) -> Handled {
     let started = Instant::now();
-    if let Err(r) = m.intake(&method, &uri, &headers, &body) {
-        return r;
-    }
-    let mut req: CreateRequest = match parse_body(&m, &body) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    let model = match require_model(&m, req.model.as_deref()) {
-        Ok(s) => s.to_owned(),
-        Err(r) => return r,
-    };
-    req.model = None;
-    let script = match script_of(&m, req.metadata.as_ref()) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+    m.intake(&method, &uri, &headers, &body)?;
+    let req: CreateRequest = parse_body(&m, &body)?;
+    let model = require_model(&m, req.model.as_deref())?.to_owned();
+    let script = script_of(&m, req.metadata.as_ref())?;
     if let Some(r) = m.scripted_failure(&script).await {
-        return r;
+        return Ok(r);
     }
-    if let Err(r) = m.check_previous(req.previous_response_id.as_deref()) {
-        return r;
-    }
+    m.check_previous(req.previous_response_id.as_deref())?;
     let stream = req.stream == Some(true);
     let store = req.store != Some(false);
     let plan = Arc::new(build_plan(&m, req, &model, &script));
@@ -862,7 +867,7 @@ async fn create(
             error_event: script.error_event,
             starting_after: None,
         };
-        return sse_response(&m, EventStream::new(plan, t), started);
+        return Ok(sse_response(&m, EventStream::new(plan, t), started));
     }
 
     let snap = if plan.background {
@@ -872,15 +877,16 @@ async fn create(
     };
     let json = render::response_json(&plan, snap);
     if script.cut_after.is_some() {
-        let half = json[..json.len() / 2].to_vec();
-        return (
+        let json_half = json.len() / 2;
+        let half = Bytes::from(json).slice(..json_half);
+        let body = Body::from_stream(TruncatedBody::new(half));
+        return Ok(with_parts(
             StatusCode::OK,
             m.headers("application/json", started),
-            truncated_body(half),
-        )
-            .into_response();
+            body,
+        ));
     }
-    m.json_response(StatusCode::OK, json, started)
+    Ok(m.json_response(StatusCode::OK, json, started))
 }
 
 /// Minimal query-string reader (the mock only needs a few flat keys).
@@ -899,13 +905,11 @@ async fn retrieve(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
+) -> Handled {
     let started = Instant::now();
-    if let Err(r) = m.intake(&method, &uri, &headers, &body) {
-        return r;
-    }
+    m.intake(&method, &uri, &headers, &body)?;
     let Some(plan) = m.inner.store.get(&id) else {
-        return m.not_found(&id);
+        return Ok(m.not_found(&id));
     };
     if matches!(query_param(&uri, "stream"), Some("true") | Some("1")) {
         let starting_after = match query_param(&uri, "starting_after") {
@@ -913,11 +917,11 @@ async fn retrieve(
             Some(v) => match v.parse::<usize>() {
                 Ok(n) => Some(n),
                 Err(_) => {
-                    return m.bad_request(
+                    return Ok(m.bad_request(
                         format!("Invalid value for 'starting_after': {v:?}."),
                         Some("starting_after"),
                         Some("invalid_value"),
-                    )
+                    ))
                 }
             },
         };
@@ -925,13 +929,13 @@ async fn retrieve(
             starting_after,
             ..Transport::default()
         };
-        return sse_response(&m, EventStream::new(plan, t), started);
+        return Ok(sse_response(&m, EventStream::new(plan, t), started));
     }
-    m.json_response(
+    Ok(m.json_response(
         StatusCode::OK,
         render::response_json(&plan, Snapshot::Final),
         started,
-    )
+    ))
 }
 
 async fn delete(
@@ -941,20 +945,18 @@ async fn delete(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
+) -> Handled {
     let started = Instant::now();
-    if let Err(r) = m.intake(&method, &uri, &headers, &body) {
-        return r;
-    }
+    m.intake(&method, &uri, &headers, &body)?;
     if !m.inner.store.remove(&id) {
-        return m.not_found(&id);
+        return Ok(m.not_found(&id));
     }
     let mut out = Vec::with_capacity(96);
     push_json(
         &mut out,
         &json!({"id": id, "object": "response", "deleted": true}),
     );
-    m.json_response(StatusCode::OK, out, started)
+    Ok(m.json_response(StatusCode::OK, out, started))
 }
 
 async fn cancel(
@@ -964,20 +966,18 @@ async fn cancel(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
+) -> Handled {
     let started = Instant::now();
-    if let Err(r) = m.intake(&method, &uri, &headers, &body) {
-        return r;
-    }
+    m.intake(&method, &uri, &headers, &body)?;
     let Some(plan) = m.inner.store.get(&id) else {
-        return m.not_found(&id);
+        return Ok(m.not_found(&id));
     };
     if !plan.background {
-        return m.bad_request(
+        return Ok(m.bad_request(
             "Only responses created with background=true can be cancelled.".into(),
             None,
             None,
-        );
+        ));
     }
     // Idempotent: a second cancel returns the same cancelled object.
     let plan = if plan.status == Status::Cancelled {
@@ -989,11 +989,11 @@ async fn cancel(
         m.inner.store.replace(Arc::clone(&p));
         p
     };
-    m.json_response(
+    Ok(m.json_response(
         StatusCode::OK,
         render::response_json(&plan, Snapshot::Final),
         started,
-    )
+    ))
 }
 
 /// The request `input` as stored input items (ids are derived from the
@@ -1044,13 +1044,11 @@ async fn input_items(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
+) -> Handled {
     let started = Instant::now();
-    if let Err(r) = m.intake(&method, &uri, &headers, &body) {
-        return r;
-    }
+    m.intake(&method, &uri, &headers, &body)?;
     let Some(plan) = m.inner.store.get(&id) else {
-        return m.not_found(&id);
+        return Ok(m.not_found(&id));
     };
     let mut items = input_item_list(&plan);
     if query_param(&uri, "order") != Some("asc") {
@@ -1085,7 +1083,7 @@ async fn input_items(
         &mut out,
         &json!({"object": "list", "data": items, "first_id": first, "last_id": last, "has_more": has_more}),
     );
-    m.json_response(StatusCode::OK, out, started)
+    Ok(m.json_response(StatusCode::OK, out, started))
 }
 
 /// Body of `input_tokens` and `compact` requests.
@@ -1104,25 +1102,15 @@ async fn input_tokens(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
+) -> Handled {
     let started = Instant::now();
-    if let Err(r) = m.intake(&method, &uri, &headers, &body) {
-        return r;
-    }
-    let req: AuxRequest = match parse_body(&m, &body) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    let script = match script_of(&m, req.metadata.as_ref()) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+    m.intake(&method, &uri, &headers, &body)?;
+    let req: AuxRequest = parse_body(&m, &body)?;
+    let script = script_of(&m, req.metadata.as_ref())?;
     if let Some(r) = m.scripted_failure(&script).await {
-        return r;
+        return Ok(r);
     }
-    if let Err(r) = m.check_previous(req.previous_response_id.as_deref()) {
-        return r;
-    }
+    m.check_previous(req.previous_response_id.as_deref())?;
     let n = match script.usage {
         UsageSpec::Exact(u) => u.input,
         _ => default_input_tokens(req.input.as_ref()),
@@ -1132,7 +1120,7 @@ async fn input_tokens(
         &mut out,
         &json!({"object": "response.input_tokens", "input_tokens": n}),
     );
-    m.json_response(StatusCode::OK, out, started)
+    Ok(m.json_response(StatusCode::OK, out, started))
 }
 
 async fn compact(
@@ -1141,38 +1129,26 @@ async fn compact(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
+) -> Handled {
     let started = Instant::now();
-    if let Err(r) = m.intake(&method, &uri, &headers, &body) {
-        return r;
-    }
+    m.intake(&method, &uri, &headers, &body)?;
     // `stream` must be rejected even when null, so look for the key itself.
     let has_stream =
         serde_json::from_slice::<Map<String, Value>>(&body).is_ok_and(|o| o.contains_key("stream"));
-    let req: AuxRequest = match parse_body(&m, &body) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
+    let req: AuxRequest = parse_body(&m, &body)?;
     if has_stream || req.stream.is_some() {
-        return m.bad_request(
+        return Ok(m.bad_request(
             "Unknown parameter: 'stream'.".into(),
             Some("stream"),
             Some("unknown_parameter"),
-        );
+        ));
     }
-    if let Err(r) = require_model(&m, req.model.as_deref()) {
-        return r;
-    }
-    let script = match script_of(&m, req.metadata.as_ref()) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+    require_model(&m, req.model.as_deref())?;
+    let script = script_of(&m, req.metadata.as_ref())?;
     if let Some(r) = m.scripted_failure(&script).await {
-        return r;
+        return Ok(r);
     }
-    if let Err(r) = m.check_previous(req.previous_response_id.as_deref()) {
-        return r;
-    }
+    m.check_previous(req.previous_response_id.as_deref())?;
     let t = now();
     let hex = m.new_uuid(t.as_millis() as u64).simple().to_string();
     let usage = match script.usage {
@@ -1220,7 +1196,7 @@ async fn compact(
         &json!({"id": format!("cmp_{hex}"), "object": "response.compaction", "created_at": t.as_secs(),
                 "output": output, "usage": usage}),
     );
-    m.json_response(StatusCode::OK, out, started)
+    Ok(m.json_response(StatusCode::OK, out, started))
 }
 
 async fn mock_requests(State(m): State<MockUpstream>) -> Response {

@@ -259,50 +259,55 @@ pub(crate) fn json_len(v: &Value) -> usize {
     }
 }
 
-/// Text of delta `i`: about `bytes` bytes (never splitting a character, never
-/// empty) cut from the cyclic pool at an offset that depends on `i`.
-fn push_delta_text(buf: &mut Vec<u8>, i: usize, bytes: usize) {
-    let pool = POOL.as_bytes();
-    let mut pos = (i.wrapping_mul(7)) % pool.len();
-    while !POOL.is_char_boundary(pos) {
-        pos += 1;
+/// Start of delta `i` in the endless cyclic repetition of the pool. Deltas
+/// are consecutive slices of that text, so their concatenation reads
+/// naturally and equals the final text. With `bytes >= 4` (wider than any pool
+/// character) a delta is `bytes` long, rounded to character boundaries and
+/// never empty; narrower deltas carry exactly one character each.
+fn delta_start(i: u64, bytes: u64) -> u64 {
+    let len = POOL.len() as u64;
+    if bytes >= 4 {
+        let a = i.saturating_mul(bytes);
+        let mut p = (a % len) as usize;
+        while !POOL.is_char_boundary(p) {
+            p += 1;
+        }
+        a - a % len + p as u64
+    } else {
+        let chars = POOL.chars().count() as u64;
+        let k = (i % chars) as usize;
+        let off = POOL.char_indices().nth(k).map_or(0, |(o, _)| o);
+        (i / chars) * len + off as u64
     }
-    if pos >= pool.len() {
+}
+
+/// Appends bytes `[from, to)` of the cyclic pool.
+fn push_cyclic(buf: &mut Vec<u8>, from: u64, to: u64) {
+    let pool = POOL.as_bytes();
+    let len = pool.len() as u64;
+    let mut pos = (from % len) as usize;
+    let mut remaining = to.saturating_sub(from) as usize;
+    buf.reserve(remaining);
+    while remaining > 0 {
+        let n = (pool.len() - pos).min(remaining);
+        buf.extend_from_slice(&pool[pos..pos + n]);
+        remaining -= n;
         pos = 0;
     }
-    let mut remaining = bytes;
-    let mut wrote = 0usize;
-    while remaining > 0 {
-        let avail = pool.len() - pos;
-        if avail <= remaining {
-            buf.extend_from_slice(&pool[pos..]);
-            remaining -= avail;
-            wrote += avail;
-            pos = 0;
-            continue;
-        }
-        let mut end = pos + remaining;
-        while !POOL.is_char_boundary(end) {
-            end -= 1;
-        }
-        if end == pos && wrote == 0 {
-            // A delta narrower than the next character still carries that
-            // character: real deltas are never empty.
-            end = pos + 1;
-            while !POOL.is_char_boundary(end) {
-                end += 1;
-            }
-        }
-        buf.extend_from_slice(&pool[pos..end]);
-        break;
-    }
+}
+
+fn push_delta_text(buf: &mut Vec<u8>, i: usize, bytes: usize) {
+    let (i, b) = (i as u64, bytes as u64);
+    push_cyclic(buf, delta_start(i, b), delta_start(i + 1, b));
 }
 
 /// The whole message text: the concatenation of all deltas.
 fn push_full_text(buf: &mut Vec<u8>, plan: &Plan) {
-    for i in 0..plan.deltas {
-        push_delta_text(buf, i, plan.delta_bytes);
-    }
+    push_cyclic(
+        buf,
+        0,
+        delta_start(plan.deltas as u64, plan.delta_bytes as u64),
+    );
 }
 
 /// Upper bound of the message text length, for buffer pre-sizing.
@@ -683,10 +688,15 @@ mod tests {
                 push_delta_text(&mut buf, i, bytes);
                 let s = std::str::from_utf8(&buf).expect("utf8");
                 assert!(!s.is_empty());
-                // At most one character (3 bytes) over when the budget is narrower than it.
-                assert!(buf.len() <= bytes.max(3), "{bytes} {i} {}", buf.len());
-                if bytes >= 8 {
-                    assert!(buf.len() + 2 >= bytes, "close to the requested size");
+                if bytes >= 4 {
+                    // Rounding both ends to character boundaries moves each by < 3 bytes.
+                    assert!(
+                        buf.len() + 2 >= bytes && buf.len() <= bytes + 2,
+                        "{bytes} {i} {}",
+                        buf.len()
+                    );
+                } else {
+                    assert_eq!(s.chars().count(), 1);
                 }
             }
         }
@@ -720,19 +730,23 @@ mod tests {
 
     #[test]
     fn final_text_is_the_concatenation_of_deltas() {
-        let p = plan(None, 7, 5, Status::Completed);
-        let mut deltas = Vec::new();
-        for i in 0..7 {
-            push_delta_text(&mut deltas, i, 5);
+        for (n, b) in [(7, 5), (300, 1), (50, 3), (40, 333)] {
+            let p = plan(None, n, b, Status::Completed);
+            let mut deltas = Vec::new();
+            for i in 0..n {
+                push_delta_text(&mut deltas, i, b);
+            }
+            let v: Value = serde_json::from_slice(&response_json(&p, Snapshot::Final)).unwrap();
+            assert_eq!(
+                v["output"][0]["content"][0]["text"]
+                    .as_str()
+                    .unwrap()
+                    .as_bytes(),
+                &deltas[..]
+            );
         }
+        let p = plan(None, 7, 5, Status::Completed);
         let v: Value = serde_json::from_slice(&response_json(&p, Snapshot::Final)).unwrap();
-        assert_eq!(
-            v["output"][0]["content"][0]["text"]
-                .as_str()
-                .unwrap()
-                .as_bytes(),
-            &deltas[..]
-        );
         assert_eq!(v["usage"]["total_tokens"], 46);
         assert_eq!(v["completed_at"], 1_755_500_000);
     }

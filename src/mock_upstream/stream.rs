@@ -49,7 +49,22 @@ pub(crate) struct EventStream {
     queue: VecDeque<Bytes>,
     /// Tail shorter than `chunk_bytes`, joined with the next event.
     carry: Vec<u8>,
+    /// Set once the pre-abort grace pause has been scheduled.
+    abort_armed: bool,
     finished: bool,
+}
+
+/// Pause before aborting a cut body. hyper discards bytes still in its write
+/// buffer when a body errors, so the stream first goes idle long enough for
+/// hyper to flush what was already produced; otherwise the client would lose
+/// events sent before the cut.
+const ABORT_GRACE: Duration = Duration::from_millis(10);
+
+fn cut_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "mock_cut_after: connection cut by the mock upstream",
+    )
 }
 
 impl EventStream {
@@ -82,6 +97,7 @@ impl EventStream {
             sleep: None,
             queue: VecDeque::new(),
             carry: Vec::new(),
+            abort_armed: false,
             finished: false,
         }
     }
@@ -143,13 +159,15 @@ impl Stream for EventStream {
                     this.flush_carry();
                     continue;
                 }
+                if !this.abort_armed {
+                    this.abort_armed = true;
+                    this.sleep = Some(Box::pin(tokio::time::sleep(ABORT_GRACE)));
+                    continue;
+                }
                 this.finished = true;
                 // An error makes hyper drop the connection without the final
                 // zero-length chunk, so the client sees a truncated body.
-                return Poll::Ready(Some(Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "mock_cut_after: connection cut by the mock upstream",
-                ))));
+                return Poll::Ready(Some(Err(cut_error())));
             }
             if this.next >= this.total {
                 this.flush_carry();
@@ -180,6 +198,47 @@ impl Stream for EventStream {
                 Some(n) => this.enqueue_chunked(bytes, n),
             }
         }
+    }
+}
+
+/// A body that sends `first`, pauses, then fails: a JSON response cut in
+/// the middle (`mock_cut_after` on a non-stream request).
+pub(crate) struct TruncatedBody {
+    first: Option<Bytes>,
+    sleep: Option<Pin<Box<Sleep>>>,
+    finished: bool,
+}
+
+impl TruncatedBody {
+    pub(crate) fn new(first: Bytes) -> Self {
+        TruncatedBody {
+            first: Some(first),
+            sleep: None,
+            finished: false,
+        }
+    }
+}
+
+impl Stream for TruncatedBody {
+    type Item = Result<Bytes, io::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        if let Some(first) = this.first.take() {
+            this.sleep = Some(Box::pin(tokio::time::sleep(ABORT_GRACE)));
+            return Poll::Ready(Some(Ok(first)));
+        }
+        if let Some(sleep) = this.sleep.as_mut() {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.sleep = None;
+        }
+        this.finished = true;
+        Poll::Ready(Some(Err(cut_error())))
     }
 }
 

@@ -53,6 +53,7 @@ impl TestGateway {
                 key: Secret::new(UPSTREAM_KEY),
                 kind: UpstreamKind::Openai,
                 connect_timeout_ms: 2_000,
+                api_version: None,
             }],
             ..Config::default()
         };
