@@ -40,8 +40,9 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::ledger::{spawn_writer, spool::Spool, LedgerHandle};
+use crate::pricing::notify::{self, Reloaded};
 use crate::pricing::PriceBook;
-use crate::proxy::upstream::Upstream;
+use crate::proxy::route::Routes;
 use crate::{admin, proxy, reports};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -52,7 +53,7 @@ pub struct AppState {
     pub auth: Authenticator,
     pub prices: PriceBook,
     pub ledger: LedgerHandle,
-    pub upstream: Arc<Upstream>,
+    pub routes: Routes,
     /// Work that must finish before exit (drains of abandoned streams).
     pub tasks: TaskTracker,
     /// Stops background loops at shutdown.
@@ -81,7 +82,8 @@ pub async fn build_state(
     config: Config,
     pool: PgPool,
 ) -> anyhow::Result<(Arc<AppState>, Background)> {
-    let upstream = Arc::new(Upstream::new(config.require_upstream()?)?);
+    config.require_upstream()?;
+    let routes = Routes::new(&config)?;
     let prices = PriceBook::load(&pool).await?;
     let spool = Spool::open(&config.ledger.spool_dir).map_err(|e| {
         anyhow::anyhow!(
@@ -94,17 +96,43 @@ pub async fn build_state(
         auth: Authenticator::new(pool.clone()),
         prices,
         ledger,
-        upstream,
+        routes,
         tasks: TaskTracker::new(),
         shutdown: CancellationToken::new(),
         config: Arc::new(config),
         pool,
     });
     spawn_price_reloader(&state);
+    spawn_price_listener(&state);
     Ok((state, Background { writer }))
 }
 
-/// Periodic full reload, so a change made through another replica is seen.
+/// Reloads the price table when any replica announces a change (within
+/// milliseconds of its commit), and after every listener (re)connect.
+fn spawn_price_listener(state: &Arc<AppState>) {
+    let weak = Arc::downgrade(state);
+    let pool = state.pool.clone();
+    let stop = state.shutdown.clone();
+    state
+        .tasks
+        .spawn(notify::follow_price_changes(pool, stop, move |trigger| {
+            let weak = weak.clone();
+            async move {
+                let Some(state) = weak.upgrade() else {
+                    return Reloaded::Stop;
+                };
+                match state.prices.reload(&state.pool).await {
+                    Ok(()) => Reloaded::Done,
+                    Err(err) => {
+                        tracing::warn!(error = %err, ?trigger, "price reload failed; resynchronising");
+                        Reloaded::Failed
+                    }
+                }
+            }
+        }));
+}
+
+/// Periodic full reload: the safety net behind the listener.
 fn spawn_price_reloader(state: &Arc<AppState>) {
     let every = Duration::from_secs(state.config.prices.reload_interval_secs);
     let weak = Arc::downgrade(state);
@@ -130,6 +158,27 @@ pub fn router(state: Arc<AppState>) -> Router {
         client = client
             .route(&format!("{prefix}/responses"), post(proxy::create_response))
             .route(
+                &format!("{prefix}/responses/compact"),
+                post(proxy::compact_response),
+            )
+            .route(
+                &format!("{prefix}/responses/input_tokens"),
+                post(proxy::count_input_tokens),
+            )
+            .route(
+                &format!("{prefix}/responses/{{id}}"),
+                get(proxy::retrieve_response).delete(proxy::delete_response),
+            )
+            .route(
+                &format!("{prefix}/responses/{{id}}/cancel"),
+                post(proxy::cancel_response),
+            )
+            .route(
+                &format!("{prefix}/responses/{{id}}/input_items"),
+                get(proxy::list_input_items),
+            )
+            .route(&format!("{prefix}/models"), get(proxy::list_models))
+            .route(
                 &format!("{prefix}/usage/records"),
                 get(reports::tenant_records),
             );
@@ -141,8 +190,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/prices/import", post(admin::import_prices))
         .route(
             "/admin/prices/{*model}",
-            put(admin::put_price).get(admin::price_history),
+            put(admin::put_price)
+                .get(admin::price_history)
+                .delete(admin::retire_price),
         )
+        .route("/admin/reprice", post(admin::reprice))
         .route("/admin/usage/records", get(reports::admin_records))
         .layer(DefaultBodyLimit::max(limit));
     Router::new()

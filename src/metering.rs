@@ -32,6 +32,11 @@ pub struct RequestContext {
     /// The price version in force at `started_at`, captured once.
     pub price: Option<Arc<PriceVersion>>,
     pub attempts: i32,
+    /// The model the client asked for, when a fallback served instead.
+    pub fallback_from: Option<String>,
+    /// False for calls that report usage they did not cause (retrieving a
+    /// response shows its original usage): recorded, never billed.
+    pub billable: bool,
 }
 
 impl RequestContext {
@@ -47,6 +52,8 @@ impl RequestContext {
             upstream: None,
             price: None,
             attempts: 0,
+            fallback_from: None,
+            billable: true,
         }
     }
 }
@@ -193,7 +200,7 @@ impl Drop for Meter {
 /// Prices the outcome with the version captured at the request's start.
 pub fn build_row(ctx: RequestContext, outcome: Outcome, finished_at: DateTime<Utc>) -> LedgerRow {
     let summary = outcome.summary.unwrap_or_default();
-    let usage = summary.usage;
+    let usage = summary.usage.filter(|_| ctx.billable);
     let currency = ctx
         .price
         .as_ref()
@@ -207,13 +214,14 @@ pub fn build_row(ctx: RequestContext, outcome: Outcome, finished_at: DateTime<Ut
             None => (None, None, Some("no_price".to_owned())),
         },
         (Some(_), None) => (None, None, Some("no_price".to_owned())),
-        // Refused or failed before the backend did any work: nothing to bill,
-        // and we know it, so the cost is an honest zero.
+        // Refused or failed before the backend did any work, or a call that
+        // causes no usage: nothing to bill, and we know it.
         (None, _)
-            if matches!(
-                outcome.status,
-                RequestStatus::Rejected | RequestStatus::UpstreamError
-            ) =>
+            if !ctx.billable
+                || matches!(
+                    outcome.status,
+                    RequestStatus::Rejected | RequestStatus::UpstreamError
+                ) =>
         {
             (Some(Decimal::ZERO), None, None)
         }
@@ -232,7 +240,11 @@ pub fn build_row(ctx: RequestContext, outcome: Outcome, finished_at: DateTime<Ut
         upstream_model: summary.model,
         stream: ctx.stream,
         status: outcome.status.as_str().to_owned(),
-        usage_source: outcome.usage_source.as_str().to_owned(),
+        usage_source: if ctx.billable {
+            outcome.usage_source.as_str().to_owned()
+        } else {
+            UsageSource::Missing.as_str().to_owned()
+        },
         input_tokens: usage.input_tokens,
         cached_tokens: usage.cached_tokens,
         output_tokens: usage.output_tokens,
@@ -246,7 +258,7 @@ pub fn build_row(ctx: RequestContext, outcome: Outcome, finished_at: DateTime<Ut
         http_status: outcome.http_status.map(i32::from),
         error_code: outcome.error_code,
         attempts: ctx.attempts,
-        fallback_from: None,
+        fallback_from: ctx.fallback_from,
         end_user: ctx.end_user,
         client_disconnected: outcome.client_disconnected,
         mcp_calls: i32::try_from(summary.mcp_calls).unwrap_or(i32::MAX),

@@ -9,6 +9,7 @@
 //! replayed when the database is back. The request id is the idempotency key
 //! everywhere: nothing claims it before the row is durable.
 
+pub mod owners;
 pub mod spool;
 mod writer;
 

@@ -8,6 +8,7 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::owners::{Owner, RecentResponses, CREATING_ENDPOINTS};
 use super::spool::Spool;
 use super::LedgerRow;
 
@@ -34,6 +35,7 @@ pub struct LedgerStats {
 pub struct LedgerHandle {
     tx: mpsc::UnboundedSender<Message>,
     stats: Arc<LedgerStats>,
+    recent: Arc<RecentResponses>,
 }
 
 impl LedgerHandle {
@@ -42,6 +44,17 @@ impl LedgerHandle {
     /// request path and dropping the row; instead the backlog is visible in
     /// [`LedgerStats::queued`] and bounded by the spool draining it.
     pub fn record(&self, row: LedgerRow) {
+        if let Some(id) = &row.response_id {
+            if CREATING_ENDPOINTS.contains(&row.endpoint.as_str()) {
+                self.recent.remember(
+                    id,
+                    Owner {
+                        tenant: row.tenant.clone(),
+                        upstream: row.upstream.clone(),
+                    },
+                );
+            }
+        }
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
         if self.tx.send(Message::Row(Box::new(row))).is_err() {
             // Only after shutdown finished: nothing is left to write it.
@@ -62,6 +75,11 @@ impl LedgerHandle {
         &self.stats
     }
 
+    /// Responses recorded by this process, including rows not yet stored.
+    pub fn recent(&self) -> &RecentResponses {
+        &self.recent
+    }
+
     /// A handle whose rows go to the returned receiver instead of a database:
     /// for tools and tests that exercise the request path alone.
     pub fn capture() -> (Self, CapturedRows) {
@@ -69,6 +87,7 @@ impl LedgerHandle {
         let handle = Self {
             tx,
             stats: Arc::new(LedgerStats::default()),
+            recent: Arc::default(),
         };
         (handle, CapturedRows(rx))
     }
@@ -116,7 +135,14 @@ pub fn spawn_writer(
     };
     #[allow(clippy::disallowed_methods)] // the writer is awaited by serve's shutdown sequence
     let task = tokio::spawn(writer.run(rx));
-    (LedgerHandle { tx, stats }, task)
+    (
+        LedgerHandle {
+            tx,
+            stats,
+            recent: Arc::default(),
+        },
+        task,
+    )
 }
 
 struct Writer {

@@ -1,12 +1,16 @@
 //! Forwarding `/responses` traffic: read and check the body, pick the price,
-//! call the upstream (with the caller's retry budget), and hand the answer
-//! back through the metering body wrapper.
+//! route it (deployments, fallbacks, affinity), call the upstream with the
+//! caller's retry budget, and hand the answer back through the metering body
+//! wrapper.
 //!
-//! Flow: auth → [`request`] (validate, rewrite) → price in force now →
-//! [`upstream`] → [`tap::MeteredBody`] (forward + observe) → the meter's one
-//! end-of-request record. Every refusal after authentication is metered too.
+//! Flow: auth → [`request`] (validate, rewrite) → ownership of referenced
+//! responses → [`route`] (candidates × deployments) → price in force at the
+//! request's start → [`upstream`] → [`tap::MeteredBody`] (forward + observe)
+//! → the meter's one end-of-request record. Every refusal after
+//! authentication is metered too.
 
 pub mod request;
+pub mod route;
 pub mod tap;
 pub mod upstream;
 
@@ -14,43 +18,61 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Json;
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::ledger::owners::owner_of;
 use crate::metering::{Meter, RequestContext};
 use crate::usage::error_code_from_body;
-use request::{parse_create, CreateRequest};
+use request::{parse_create, Fallback};
+use route::{auto_chain, Deployment};
 use tap::{MeteredBody, Observer, TapSettings};
 use upstream::{forwarded_headers, retry_after, Upstream};
 
 pub const REQUEST_ID_HEADER: &str = "x-tollgate-request-id";
 
-/// `POST /v1/responses` and `POST /api/v1/responses`.
-pub async fn create_response(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let principal = match state.auth.authenticate(authorization(&headers)).await {
-        Ok(principal) => principal,
-        Err(err) => return err.into_response(),
-    };
-    let meter = Meter::new(
-        RequestContext::new(principal, "responses.create"),
-        state.ledger.clone(),
-    );
-    let request_id = meter.request_id().to_owned();
-    let mut response = forward_create(&state, meter, &headers, body).await;
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+/// How many models `"auto"` adds after the requested one.
+const AUTO_FALLBACKS: usize = 3;
+/// Deadline for calls that carry no `turing_options` (retrieve, delete …).
+const PASSTHROUGH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The body-carrying `/responses` calls that are routed by model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Routed {
+    Create,
+    Compact,
+    InputTokens,
+}
+
+impl Routed {
+    fn endpoint(self) -> &'static str {
+        match self {
+            Self::Create => "responses.create",
+            Self::Compact => "responses.compact",
+            Self::InputTokens => "responses.input_tokens",
+        }
     }
-    response
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Self::Create => "",
+            Self::Compact => "/compact",
+            Self::InputTokens => "/input_tokens",
+        }
+    }
+
+    /// Counting input tokens causes no usage; creating and compacting do.
+    fn billable(self) -> bool {
+        self != Self::InputTokens
+    }
 }
 
 pub fn authorization(headers: &HeaderMap) -> Option<&str> {
@@ -59,18 +81,94 @@ pub fn authorization(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
 }
 
-async fn forward_create(
+/// Authenticates and opens the request's meter; a 401 is not metered.
+async fn open_meter(
+    state: &AppState,
+    headers: &HeaderMap,
+    endpoint: &'static str,
+) -> Result<Meter, Response> {
+    let principal = state
+        .auth
+        .authenticate(authorization(headers))
+        .await
+        .map_err(IntoResponse::into_response)?;
+    Ok(Meter::new(
+        RequestContext::new(principal, endpoint),
+        state.ledger.clone(),
+    ))
+}
+
+fn with_request_id(mut response: Response, request_id: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+/// `POST /v1/responses`.
+pub async fn create_response(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    routed(&state, &headers, body, Routed::Create).await
+}
+
+/// `POST /v1/responses/compact` (metered: it reports usage).
+pub async fn compact_response(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    routed(&state, &headers, body, Routed::Compact).await
+}
+
+/// `POST /v1/responses/input_tokens`.
+pub async fn count_input_tokens(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    routed(&state, &headers, body, Routed::InputTokens).await
+}
+
+async fn routed(state: &AppState, headers: &HeaderMap, body: Body, kind: Routed) -> Response {
+    let mut meter = match open_meter(state, headers, kind.endpoint()).await {
+        Ok(meter) => meter,
+        Err(response) => return response,
+    };
+    if let Some(ctx) = meter.ctx_mut() {
+        ctx.billable = kind.billable();
+    }
+    let request_id = meter.request_id().to_owned();
+    let response = forward_routed(state, meter, headers, body, kind).await;
+    with_request_id(response, &request_id)
+}
+
+/// One model to try, with what the fallback rules give it.
+struct Candidate {
+    model: String,
+    overrides: Vec<(String, Box<RawValue>)>,
+    max_retries: u32,
+}
+
+async fn forward_routed(
     state: &AppState,
     mut meter: Meter,
     headers: &HeaderMap,
     body: Body,
+    kind: Routed,
 ) -> Response {
-    let bytes = match read_body(headers, body, state.config.body_limit_bytes).await {
-        Ok(bytes) => bytes,
-        Err(err) => {
+    macro_rules! refuse {
+        ($err:expr) => {{
+            let err = $err;
             meter.reject(&err);
             return err.into_response();
-        }
+        }};
+    }
+    let bytes = match read_body(headers, body, state.config.body_limit_bytes).await {
+        Ok(bytes) => bytes,
+        Err(err) => refuse!(err),
     };
     let request = match parse_create(&bytes, &state.config.model_prefix) {
         Ok(request) => request,
@@ -80,43 +178,174 @@ async fn forward_create(
                 ctx.stream = rejection.partial.stream;
                 ctx.end_user = rejection.partial.end_user;
             }
-            meter.reject(&rejection.error);
-            return rejection.error.into_response();
+            refuse!(rejection.error)
         }
     };
-    drop(bytes);
-
-    let upstream = state.upstream.as_ref();
     let Some(ctx) = meter.ctx_mut() else {
         return ApiError::internal("meter without context").into_response();
     };
     ctx.model = Some(request.model.clone());
     ctx.stream = request.stream;
     ctx.end_user = request.end_user.clone();
-    ctx.upstream = Some(upstream.name.clone());
-    ctx.price = state.prices.lookup(&request.model, ctx.started_at);
-    if ctx.price.is_none() && !state.config.prices.allow_unpriced_models {
-        let err = ApiError::model_not_found(&request.model);
-        meter.reject(&err);
-        return err.into_response();
+    let tenant = ctx.principal.tenant.clone();
+    let started_at = ctx.started_at;
+
+    if let Some(allowed) = state.config.mcp_allowed_hosts.get(tenant.as_ref()) {
+        if let Some(server) = request.mcp_servers.iter().find(|s| {
+            !allowed
+                .iter()
+                .any(|host| host.eq_ignore_ascii_case(&s.host))
+        }) {
+            refuse!(ApiError::invalid_value(
+                format!("tools[{}].server_url", server.index),
+                format!(
+                    "The MCP server host '{}' is not allowed for this key.",
+                    server.host
+                ),
+            )
+            .with_code("mcp_server_not_allowed"))
+        }
+    }
+
+    // A follow-up goes where its state is, and only its creator may use it.
+    let pinned = match &request.previous_response_id {
+        None => None,
+        Some(previous) => match owner_of(state.ledger.recent(), &state.pool, previous).await {
+            Ok(Some(owner)) if *owner.tenant == *tenant => owner.upstream,
+            Ok(_) => refuse!(ApiError::not_found(format!(
+                "Previous response with id '{previous}' not found."
+            ))
+            .with_code("previous_response_not_found")
+            .with_param("previous_response_id")),
+            Err(err) => refuse!(ApiError::from(err)),
+        },
+    };
+
+    let priced = |model: &str| state.prices.lookup(model, started_at);
+    let allow_unpriced = state.config.prices.allow_unpriced_models || !kind.billable();
+    if priced(&request.model).is_none() && !allow_unpriced {
+        refuse!(ApiError::model_not_found(&request.model))
+    }
+    let mut chain = vec![Candidate {
+        model: request.model.clone(),
+        overrides: Vec::new(),
+        max_retries: request.options.max_retries,
+    }];
+    for (i, fallback) in request.options.fallbacks.iter().enumerate() {
+        // Fallbacks inherit the request and its timeout, not retries or fallbacks.
+        let (model, overrides) = match fallback {
+            Fallback::Model(model) => (model.clone(), Vec::new()),
+            Fallback::Override { model, fields } => (model.clone(), fields.clone()),
+            Fallback::Auto => {
+                let table = state.prices.snapshot();
+                let catalogue: Vec<&str> = table
+                    .models()
+                    .filter(|m| table.lookup(m, started_at).is_some())
+                    .collect();
+                for model in auto_chain(&request.model, catalogue, AUTO_FALLBACKS) {
+                    chain.push(Candidate {
+                        model,
+                        overrides: Vec::new(),
+                        max_retries: 0,
+                    });
+                }
+                continue;
+            }
+        };
+        if priced(&model).is_none() && !allow_unpriced {
+            let param = if request.options.fallbacks.len() > 1 {
+                format!("turing_options.fallbacks[{i}]")
+            } else {
+                "turing_options.fallbacks".to_owned()
+            };
+            refuse!(ApiError::invalid_value(
+                param,
+                format!("The fallback model `{model}` does not exist or has no price."),
+            )
+            .with_code("model_not_found"))
+        }
+        chain.push(Candidate {
+            model,
+            overrides,
+            max_retries: 0,
+        });
     }
 
     let request_id = meter.request_id().to_owned();
-    let (reply, attempts) = send_with_retries(upstream, &request, &request_id).await;
-    if let Some(ctx) = meter.ctx_mut() {
-        ctx.attempts = attempts;
+    let mut attempts = 0;
+    let mut last_failure: Option<(Result<Reply, ApiError>, Deployment, usize)> = None;
+    let mut served = None;
+    'chain: for (index, candidate) in chain.iter().enumerate() {
+        let deployments = match &pinned {
+            Some(upstream) => state.routes.pinned(&candidate.model, upstream),
+            None => state.routes.deployments(&candidate.model),
+        };
+        for deployment in deployments {
+            let body = match request.body_for(&deployment.model, &candidate.overrides) {
+                Ok(body) => body,
+                Err(err) => refuse!(err),
+            };
+            let sent = send_with_retries(
+                &deployment.upstream,
+                kind.suffix(),
+                body,
+                &request_id,
+                request.timeout(),
+                candidate.max_retries,
+            )
+            .await;
+            attempts += sent.attempts;
+            if sent.worth_another_deployment {
+                last_failure = Some((sent.result, deployment, index));
+                continue;
+            }
+            served = Some((sent.result, deployment, index));
+            break 'chain;
+        }
     }
-    let reply = match reply {
+    let Some((result, deployment, index)) = served.or(last_failure) else {
+        refuse!(ApiError::model_not_found(&request.model))
+    };
+    let Some(ctx) = meter.ctx_mut() else {
+        return ApiError::internal("meter without context").into_response();
+    };
+    ctx.attempts = attempts;
+    ctx.upstream = Some(deployment.upstream.name.clone());
+    let model = &chain[index].model;
+    if index > 0 {
+        ctx.fallback_from = Some(request.model.clone());
+        ctx.model = Some(model.clone());
+    }
+    ctx.price = priced(model);
+    let reply = match result {
         Ok(reply) => reply,
         Err(err) => {
             meter.upstream_failed(&err);
             return err.into_response();
         }
     };
+    respond(
+        state,
+        meter,
+        reply,
+        request.stream,
+        request.timeout(),
+        deployment.upstream,
+    )
+}
 
+/// The upstream's answer, handed to the client through the metering body.
+fn respond(
+    state: &AppState,
+    meter: Meter,
+    reply: Reply,
+    stream_requested: bool,
+    idle: Duration,
+    upstream: Arc<Upstream>,
+) -> Response {
     let status = reply.status;
     let mut out_headers = forwarded_headers(&reply.headers);
-    let is_sse = request.stream
+    let is_sse = stream_requested
         && reply
             .headers
             .get(http::header::CONTENT_TYPE)
@@ -141,16 +370,195 @@ async fn forward_create(
         meter,
         status.as_u16(),
         TapSettings {
-            idle: request.timeout(),
+            idle,
             policy: state.config.on_client_disconnect,
             tasks: state.tasks.clone(),
-            recovery: Some(state.upstream.clone()),
+            recovery: Some(upstream),
         },
     );
     let mut response = Response::new(Body::new(body));
     *response.status_mut() = status;
     *response.headers_mut() = out_headers;
     response
+}
+
+/// `GET /v1/responses/{id}` (also `?stream=true&starting_after=N`).
+pub async fn retrieve_response(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let stream = query.as_deref().is_some_and(|q| {
+        form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "stream" && v == "true")
+    });
+    owned_call(
+        &state,
+        &headers,
+        reqwest::Method::GET,
+        "responses.retrieve",
+        &id,
+        "",
+        query,
+        stream,
+    )
+    .await
+}
+
+/// `DELETE /v1/responses/{id}`.
+pub async fn delete_response(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    owned_call(
+        &state,
+        &headers,
+        reqwest::Method::DELETE,
+        "responses.delete",
+        &id,
+        "",
+        None,
+        false,
+    )
+    .await
+}
+
+/// `POST /v1/responses/{id}/cancel`.
+pub async fn cancel_response(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    owned_call(
+        &state,
+        &headers,
+        reqwest::Method::POST,
+        "responses.cancel",
+        &id,
+        "/cancel",
+        None,
+        false,
+    )
+    .await
+}
+
+/// `GET /v1/responses/{id}/input_items`.
+pub async fn list_input_items(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    owned_call(
+        &state,
+        &headers,
+        reqwest::Method::GET,
+        "responses.input_items",
+        &id,
+        "/input_items",
+        query,
+        false,
+    )
+    .await
+}
+
+/// A call on an existing response: only its creator may make it, and it goes
+/// to the upstream that holds the response. Recorded, never billed.
+#[allow(clippy::too_many_arguments)]
+async fn owned_call(
+    state: &AppState,
+    headers: &HeaderMap,
+    method: reqwest::Method,
+    endpoint: &'static str,
+    id: &str,
+    suffix: &str,
+    query: Option<String>,
+    stream: bool,
+) -> Response {
+    let mut meter = match open_meter(state, headers, endpoint).await {
+        Ok(meter) => meter,
+        Err(response) => return response,
+    };
+    let request_id = meter.request_id().to_owned();
+    let Some(ctx) = meter.ctx_mut() else {
+        return ApiError::internal("meter without context").into_response();
+    };
+    ctx.billable = false;
+    ctx.stream = stream;
+    let tenant = ctx.principal.tenant.clone();
+    // Another tenant's id answers exactly as an unknown one.
+    let not_found = || {
+        ApiError::not_found(format!("No response found with id '{id}'."))
+            .with_code("response_not_found")
+    };
+    let upstream = match owner_of(state.ledger.recent(), &state.pool, id).await {
+        Ok(Some(owner)) if *owner.tenant == *tenant => owner
+            .upstream
+            .and_then(|name| state.routes.upstream(&name))
+            .or_else(|| state.routes.default_upstream()),
+        Ok(_) => None,
+        Err(err) => {
+            let err = ApiError::from(err);
+            meter.reject(&err);
+            return with_request_id(err.into_response(), &request_id);
+        }
+    };
+    let Some(upstream) = upstream else {
+        let err = not_found();
+        meter.reject(&err);
+        return with_request_id(err.into_response(), &request_id);
+    };
+    if let Some(ctx) = meter.ctx_mut() {
+        ctx.upstream = Some(upstream.name.clone());
+    }
+    let mut path = format!("/{}{suffix}", upstream::encode_path_segment(id));
+    if let Some(query) = query.filter(|q| !q.is_empty()) {
+        path.push('?');
+        path.push_str(&query);
+    }
+    let sent =
+        tokio::time::timeout(PASSTHROUGH_TIMEOUT, upstream.request(method, &path).send()).await;
+    let reply = match sent {
+        Ok(Ok(response)) => Reply::streaming(response),
+        Ok(Err(err)) => {
+            let err = ApiError::upstream_unreachable(without_url(&err));
+            meter.upstream_failed(&err);
+            return with_request_id(err.into_response(), &request_id);
+        }
+        Err(_) => {
+            let err = ApiError::upstream_timeout(PASSTHROUGH_TIMEOUT.as_secs_f64());
+            meter.upstream_failed(&err);
+            return with_request_id(err.into_response(), &request_id);
+        }
+    };
+    with_request_id(
+        respond(state, meter, reply, stream, PASSTHROUGH_TIMEOUT, upstream),
+        &request_id,
+    )
+}
+
+/// `GET /v1/models`: the public models with a price in force.
+pub async fn list_models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(err) = state.auth.authenticate(authorization(&headers)).await {
+        return err.into_response();
+    }
+    let now = chrono::Utc::now();
+    let table = state.prices.snapshot();
+    let mut data: Vec<serde_json::Value> = table
+        .models()
+        .filter_map(|m| table.lookup(m, now))
+        .map(|version| {
+            serde_json::json!({
+                "id": format!("{}{}", state.config.model_prefix, version.model),
+                "object": "model",
+                "created": version.effective_from.timestamp(),
+                "owned_by": "tollgate",
+            })
+        })
+        .collect();
+    data.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    Json(serde_json::json!({"object": "list", "data": data})).into_response()
 }
 
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
@@ -189,73 +597,94 @@ impl Reply {
     }
 }
 
-/// Sends the request, retrying what the caller allowed (`max_retries`) and
-/// what can help: connect failures, 429 `rate_limit_exceeded` (never
-/// `insufficient_quota`) and 5xx. Nothing is retried once the answer's body
-/// may have reached the client. Returns the attempts made.
+struct Sent {
+    result: Result<Reply, ApiError>,
+    attempts: i32,
+    /// The failure is the backend's (unreachable, 429 rate limit, 5xx):
+    /// another deployment or fallback may do better.
+    worth_another_deployment: bool,
+}
+
+/// Sends to one deployment, retrying what the caller allowed (`max_retries`)
+/// and what can help: connect failures, 429 `rate_limit_exceeded` (never
+/// `insufficient_quota`) and 5xx, honouring `retry-after`. Nothing is retried
+/// once the answer's body may have reached the client.
 async fn send_with_retries(
     upstream: &Upstream,
-    request: &CreateRequest,
+    suffix: &str,
+    body: Bytes,
     request_id: &str,
-) -> (Result<Reply, ApiError>, i32) {
-    let timeout = request.timeout();
+    timeout: Duration,
+    max_retries: u32,
+) -> Sent {
     let deadline = Instant::now() + timeout;
-    let max_attempts = request.options.max_retries + 1;
+    let max_attempts = max_retries + 1;
     let mut attempt = 0;
     loop {
         attempt += 1;
         let last = attempt >= max_attempts;
+        let attempts = i32::try_from(attempt).unwrap_or(i32::MAX);
         let sent = tokio::time::timeout_at(
             deadline,
             upstream
-                .create_response(request.body.clone(), request_id)
+                .request(reqwest::Method::POST, suffix)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .header("x-client-request-id", request_id)
+                .body(body.clone())
                 .send(),
         )
         .await;
-        let attempts = i32::try_from(attempt).unwrap_or(i32::MAX);
         let response = match sent {
             Err(_) => {
-                return (
-                    Err(ApiError::upstream_timeout(timeout.as_secs_f64())),
+                return Sent {
+                    result: Err(ApiError::upstream_timeout(timeout.as_secs_f64())),
                     attempts,
-                )
+                    worth_another_deployment: true,
+                }
             }
             Ok(Err(err)) => {
                 if !last && (err.is_connect() || err.is_request()) {
                     backoff(attempt, None, deadline).await;
                     continue;
                 }
-                return (
-                    Err(ApiError::upstream_unreachable(without_url(&err))),
+                return Sent {
+                    result: Err(ApiError::upstream_unreachable(without_url(&err))),
                     attempts,
-                );
+                    worth_another_deployment: true,
+                };
             }
             Ok(Ok(response)) => response,
         };
         let status = response.status();
         let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
-        if last || !retryable {
-            return (Ok(Reply::streaming(response)), attempts);
+        if !retryable {
+            return Sent {
+                result: Ok(Reply::streaming(response)),
+                attempts,
+                worth_another_deployment: false,
+            };
         }
         // Read the (small) error body: a quota error must not be retried and
-        // is then passed on exactly as received.
+        // is passed on exactly as received.
         let headers = response.headers().clone();
         let wait = retry_after(&headers);
-        let body = match tokio::time::timeout_at(deadline, response.bytes()).await {
+        let error_body = match tokio::time::timeout_at(deadline, response.bytes()).await {
             Ok(Ok(body)) => body,
             _ => Bytes::new(),
         };
-        if error_code_from_body(&body).as_deref() == Some("insufficient_quota") {
-            return (
-                Ok(Reply {
+        let quota = error_code_from_body(&error_body).as_deref() == Some("insufficient_quota");
+        if last || quota {
+            return Sent {
+                result: Ok(Reply {
                     status,
                     headers,
-                    body: reqwest::Body::from(body),
+                    body: reqwest::Body::from(error_body),
                 }),
                 attempts,
-            );
+                worth_another_deployment: !quota,
+            };
         }
-        tracing::info!(request_id, attempt, %status, "retrying upstream");
+        tracing::info!(request_id, attempt, %status, upstream = %upstream.name, "retrying upstream");
         backoff(attempt, wait, deadline).await;
     }
 }

@@ -56,11 +56,33 @@ impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
     }
 }
 
+/// One entry of `turing_options.fallbacks`.
+#[derive(Debug, Clone)]
+pub enum Fallback {
+    /// Another public model (prefix stripped), same request fields.
+    Model(String),
+    /// Another model with some request fields replaced.
+    Override {
+        model: String,
+        fields: Vec<(String, Box<RawValue>)>,
+    },
+    /// A chain built from the model catalogue.
+    Auto,
+}
+
 /// `turing_options`, validated (platform.md).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct TuringOptions {
     pub timeout: Option<Duration>,
     pub max_retries: u32,
+    pub fallbacks: Vec<Fallback>,
+}
+
+/// An MCP tool's server host, for the per-tenant allowlist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpServer {
+    pub index: usize,
+    pub host: String,
 }
 
 /// A create request ready to forward.
@@ -71,11 +93,31 @@ pub struct CreateRequest {
     pub stream: bool,
     pub end_user: Option<String>,
     pub options: TuringOptions,
-    /// What goes to the upstream.
+    pub previous_response_id: Option<String>,
+    pub mcp_servers: Vec<McpServer>,
+    /// What goes to the upstream when it knows the model by its public id.
     pub body: Bytes,
+    /// The client's body, kept for deployments and fallbacks that need
+    /// another model name or replaced fields.
+    original: Bytes,
 }
 
 impl CreateRequest {
+    /// The body for an upstream that knows the model as `upstream_model`,
+    /// with `overrides` replacing (or adding) top-level fields.
+    pub fn body_for(
+        &self,
+        upstream_model: &str,
+        overrides: &[(String, Box<RawValue>)],
+    ) -> Result<Bytes, ApiError> {
+        if upstream_model == self.model && overrides.is_empty() {
+            return Ok(self.body.clone());
+        }
+        let members: Members =
+            serde_json::from_slice(&self.original).map_err(ApiError::internal)?;
+        assemble(&members.0, upstream_model, overrides).map_err(ApiError::internal)
+    }
+
     /// The request's deadline for the upstream (platform.md defaults).
     pub fn timeout(&self) -> Duration {
         self.options.timeout.unwrap_or(if self.stream {
@@ -100,7 +142,7 @@ pub struct Rejection {
 }
 
 /// Parses, validates and rewrites; `model_prefix` is stripped from `model`.
-pub fn parse_create(body: &[u8], model_prefix: &str) -> Result<CreateRequest, Rejection> {
+pub fn parse_create(body: &Bytes, model_prefix: &str) -> Result<CreateRequest, Rejection> {
     let mut partial = Partial::default();
     let reject = |error: ApiError, partial: &Partial| Rejection {
         error,
@@ -163,17 +205,46 @@ pub fn parse_create(body: &[u8], model_prefix: &str) -> Result<CreateRequest, Re
         .filter_map(|f| get(f))
         .find_map(|raw| serde_json::from_str::<String>(raw.get()).ok());
 
-    if let Some(raw) = get("tools") {
-        check_tools(raw).map_err(|e| reject(e, &partial))?;
+    let mcp_servers = match get("tools") {
+        Some(raw) => check_tools(raw).map_err(|e| reject(e, &partial))?,
+        None => Vec::new(),
+    };
+    let tags = match get("tags") {
+        Some(raw) => serde_json::from_str::<Option<Vec<String>>>(raw.get())
+            .map_err(|_| {
+                reject(
+                    ApiError::invalid_value("tags", "'tags' must be an array of strings."),
+                    &partial,
+                )
+            })?
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    // Stateful reasoning lives in the upstream's stored response: a request
+    // that asks for it cannot also ask not to be stored.
+    if tags.iter().any(|t| t == "stateful")
+        && get("store").is_some_and(|raw| raw.get().trim() == "false")
+    {
+        return Err(reject(
+            ApiError::invalid_value(
+                "store",
+                "'tags: [\"stateful\"]' keeps reasoning state in the stored response; it cannot be combined with 'store: false'.",
+            ),
+            &partial,
+        ));
     }
-    if let Some(raw) = get("tags") {
-        serde_json::from_str::<Vec<String>>(raw.get()).map_err(|_| {
+    let previous_response_id = match get("previous_response_id") {
+        Some(raw) => serde_json::from_str::<Option<String>>(raw.get()).map_err(|_| {
             reject(
-                ApiError::invalid_value("tags", "'tags' must be an array of strings."),
+                ApiError::invalid_value(
+                    "previous_response_id",
+                    "'previous_response_id' must be a string.",
+                ),
                 &partial,
             )
-        })?;
-    }
+        })?,
+        None => None,
+    };
     if let Some(raw) = get("background") {
         if serde_json::from_str::<Option<bool>>(raw.get())
             .ok()
@@ -191,53 +262,84 @@ pub fn parse_create(body: &[u8], model_prefix: &str) -> Result<CreateRequest, Re
         }
     }
     let options = match get("turing_options") {
-        Some(raw) => parse_turing_options(raw).map_err(|e| reject(e, &partial))?,
+        Some(raw) => parse_turing_options(raw, model_prefix).map_err(|e| reject(e, &partial))?,
         None => TuringOptions::default(),
     };
 
-    let mut out = Vec::with_capacity(body.len());
-    out.push(b'{');
-    let mut first = true;
-    for (key, value) in &members {
-        if key == "turing_options" || key == "tags" {
-            continue;
-        }
-        if !first {
-            out.push(b',');
-        }
-        first = false;
-        // Keys re-encoded by serde are equal to the client's as JSON strings.
-        serde_json::to_writer(&mut out, key.as_ref())
-            .map_err(|e| reject(ApiError::internal(e), &partial))?;
-        out.push(b':');
-        if key == "model" {
-            serde_json::to_writer(&mut out, &public)
-                .map_err(|e| reject(ApiError::internal(e), &partial))?;
-        } else {
-            out.extend_from_slice(value.get().as_bytes());
-        }
-    }
-    out.push(b'}');
-
+    let out =
+        assemble(&members, &public, &[]).map_err(|e| reject(ApiError::internal(e), &partial))?;
     Ok(CreateRequest {
         model: public,
         stream: partial.stream,
         end_user: partial.end_user,
         options,
-        body: Bytes::from(out),
+        previous_response_id,
+        mcp_servers,
+        body: out,
+        original: body.clone(),
     })
+}
+
+/// Re-assembles a body from the client's members: platform fields dropped,
+/// `model` set, `overrides` replacing or adding fields, every other value the
+/// client's own bytes.
+fn assemble(
+    members: &[(Cow<'_, str>, &RawValue)],
+    model: &str,
+    overrides: &[(String, Box<RawValue>)],
+) -> Result<Bytes, serde_json::Error> {
+    let size = members
+        .iter()
+        .map(|(k, v)| k.len() + v.get().len() + 4)
+        .sum::<usize>();
+    let mut out = Vec::with_capacity(size + 64);
+    out.push(b'{');
+    let mut first = true;
+    let mut put = |out: &mut Vec<u8>, key: &str, value: &[u8]| -> Result<(), serde_json::Error> {
+        if !std::mem::take(&mut first) {
+            out.push(b',');
+        }
+        // Keys re-encoded by serde are equal to the client's as JSON strings.
+        serde_json::to_writer(&mut *out, key)?;
+        out.push(b':');
+        out.extend_from_slice(value);
+        Ok(())
+    };
+    let model_json = serde_json::to_vec(model)?;
+    for (key, value) in members {
+        if key == "turing_options" || key == "tags" {
+            continue;
+        }
+        if key == "model" {
+            put(&mut out, key, &model_json)?;
+        } else if let Some((_, replaced)) = overrides.iter().find(|(k, _)| k == key) {
+            put(&mut out, key, replaced.get().as_bytes())?;
+        } else {
+            put(&mut out, key, value.get().as_bytes())?;
+        }
+    }
+    for (key, value) in overrides {
+        if !members.iter().any(|(k, _)| k == key) {
+            put(&mut out, key, value.get().as_bytes())?;
+        }
+    }
+    out.push(b'}');
+    Ok(Bytes::from(out))
 }
 
 #[derive(Deserialize)]
 struct ToolType<'a> {
     #[serde(rename = "type", borrow)]
     kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    server_url: Option<Cow<'a, str>>,
 }
 
-fn check_tools(raw: &RawValue) -> Result<(), ApiError> {
+fn check_tools(raw: &RawValue) -> Result<Vec<McpServer>, ApiError> {
     let tools: Vec<ToolType> = serde_json::from_str(raw.get()).map_err(|_| {
         ApiError::invalid_value("tools", "'tools' must be an array of tool objects.")
     })?;
+    let mut servers = Vec::new();
     for (i, tool) in tools.iter().enumerate() {
         let Some(kind) = tool.kind.as_deref() else {
             return Err(ApiError::missing_parameter(&format!("tools[{i}].type")));
@@ -250,8 +352,22 @@ fn check_tools(raw: &RawValue) -> Result<(), ApiError> {
             .with_code("unsupported_tool")
             .with_param(format!("tools[{i}].type")));
         }
+        if kind == "mcp" {
+            if let Some(url) = tool.server_url.as_deref() {
+                let host = reqwest::Url::parse(url)
+                    .ok()
+                    .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+                    .ok_or_else(|| {
+                        ApiError::invalid_value(
+                            format!("tools[{i}].server_url"),
+                            "'server_url' must be an absolute URL.",
+                        )
+                    })?;
+                servers.push(McpServer { index: i, host });
+            }
+        }
     }
-    Ok(())
+    Ok(servers)
 }
 
 /// `web_search`, `web_search_2025_08_26`, `web_search_preview_2025_03_11` …
@@ -276,7 +392,7 @@ struct RawTuringOptions<'a> {
     fallbacks: Option<&'a RawValue>,
 }
 
-fn parse_turing_options(raw: &RawValue) -> Result<TuringOptions, ApiError> {
+fn parse_turing_options(raw: &RawValue, model_prefix: &str) -> Result<TuringOptions, ApiError> {
     let options: RawTuringOptions = serde_json::from_str(raw.get()).map_err(|e| {
         let message = e.to_string();
         let param = message
@@ -323,14 +439,93 @@ fn parse_turing_options(raw: &RawValue) -> Result<TuringOptions, ApiError> {
                 )
             })?;
     }
-    if options.fallbacks.is_some_and(|raw| raw.get() != "null") {
-        return Err(ApiError::invalid_value(
-            "turing_options.fallbacks",
-            "'turing_options.fallbacks' is not supported by this gateway yet.",
-        )
-        .with_code("unsupported_parameter"));
+    if let Some(raw) = options.fallbacks {
+        parsed.fallbacks = parse_fallbacks(raw, model_prefix)?;
     }
     Ok(parsed)
+}
+
+/// Request fields a fallback may not replace: they decide the shape of the
+/// answer the client is already waiting for, or belong to the platform.
+const NOT_OVERRIDABLE: [&str; 4] = ["stream", "turing_options", "tags", "background"];
+
+fn parse_fallbacks(raw: &RawValue, model_prefix: &str) -> Result<Vec<Fallback>, ApiError> {
+    const PARAM: &str = "turing_options.fallbacks";
+    let strip = |m: &str| m.strip_prefix(model_prefix).unwrap_or(m).to_owned();
+    let one = |raw: &RawValue, param: &str| -> Result<Fallback, ApiError> {
+        if let Ok(model) = serde_json::from_str::<String>(raw.get()) {
+            return if model.is_empty() {
+                Err(ApiError::invalid_value(
+                    param,
+                    "A fallback model must be a non-empty string.",
+                ))
+            } else {
+                Ok(Fallback::Model(strip(&model)))
+            };
+        }
+        let Ok(members) = serde_json::from_str::<Members>(raw.get()) else {
+            return Err(ApiError::invalid_value(
+                param,
+                "A fallback is a model id or an object with 'model' and fields to override.",
+            ));
+        };
+        let mut model = None;
+        let mut fields = Vec::new();
+        for (key, value) in members.0 {
+            if key == "model" {
+                model = serde_json::from_str::<String>(value.get())
+                    .ok()
+                    .filter(|m| !m.is_empty());
+                if model.is_none() {
+                    return Err(ApiError::invalid_value(
+                        format!("{param}.model"),
+                        "'model' must be a non-empty string.",
+                    ));
+                }
+            } else if NOT_OVERRIDABLE.contains(&key.as_ref()) {
+                return Err(ApiError::invalid_value(
+                    format!("{param}.{key}"),
+                    format!("A fallback cannot override '{key}'."),
+                ));
+            } else {
+                fields.push((key.into_owned(), value.to_owned()));
+            }
+        }
+        let model = model.ok_or_else(|| ApiError::missing_parameter(&format!("{param}.model")))?;
+        Ok(Fallback::Override {
+            model: strip(&model),
+            fields,
+        })
+    };
+    if raw.get() == "null" {
+        return Ok(Vec::new());
+    }
+    if serde_json::from_str::<String>(raw.get()).is_ok_and(|s| s == "auto") {
+        return Ok(vec![Fallback::Auto]);
+    }
+    if let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(raw.get()) {
+        if items.is_empty() || items.len() > 5 {
+            return Err(ApiError::invalid_value(
+                PARAM,
+                "Give between 1 and 5 fallbacks.",
+            ));
+        }
+        return items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let param = format!("{PARAM}[{i}]");
+                if item.get().trim() == "\"auto\"" {
+                    return Err(ApiError::invalid_value(
+                        param,
+                        "'auto' stands alone, not in a list.",
+                    ));
+                }
+                one(item, &param)
+            })
+            .collect();
+    }
+    one(raw, PARAM).map(|f| vec![f])
 }
 
 #[cfg(test)]
@@ -339,7 +534,7 @@ mod tests {
     use super::*;
 
     fn parse(body: &str) -> Result<CreateRequest, ApiError> {
-        parse_create(body.as_bytes(), "turing/").map_err(|r| r.error)
+        parse_create(&Bytes::copy_from_slice(body.as_bytes()), "turing/").map_err(|r| r.error)
     }
 
     #[test]
@@ -444,9 +639,101 @@ mod tests {
     }
 
     #[test]
+    fn fallbacks_parse_in_every_form_and_errors_name_the_path() {
+        let options = |fallbacks: &str| {
+            parse(&format!(
+                r#"{{"model":"m","turing_options":{{"fallbacks":{fallbacks}}}}}"#
+            ))
+            .map(|r| r.options.fallbacks)
+        };
+        assert!(
+            matches!(options(r#""turing/gpt-5""#).unwrap()[..], [Fallback::Model(ref m)] if m == "gpt-5")
+        );
+        assert!(matches!(
+            options(r#""auto""#).unwrap()[..],
+            [Fallback::Auto]
+        ));
+        let chain = options(r#"["a", {"model":"turing/b","temperature":0.2}]"#).unwrap();
+        match &chain[1] {
+            Fallback::Override { model, fields } => {
+                assert_eq!(model, "b");
+                assert_eq!(fields[0].0, "temperature");
+                assert_eq!(fields[0].1.get(), "0.2");
+            }
+            other => panic!("{other:?}"),
+        }
+        let param = |f: &str| options(f).unwrap_err().param;
+        assert_eq!(
+            param(r#"["a", {"temperature":1}]"#).as_deref(),
+            Some("turing_options.fallbacks[1].model")
+        );
+        assert_eq!(
+            param(r#"["a", {"model":""}]"#).as_deref(),
+            Some("turing_options.fallbacks[1].model")
+        );
+        assert_eq!(
+            param(r#"{"model":"b","stream":true}"#).as_deref(),
+            Some("turing_options.fallbacks.stream")
+        );
+        assert_eq!(
+            param(r#"["auto"]"#).as_deref(),
+            Some("turing_options.fallbacks[0]")
+        );
+        assert_eq!(param("5").as_deref(), Some("turing_options.fallbacks"));
+        assert_eq!(param("[]").as_deref(), Some("turing_options.fallbacks"));
+    }
+
+    #[test]
+    fn bodies_for_deployments_and_overrides_keep_the_clients_bytes() {
+        let req = parse(
+            r#"{"model":"turing/gpt-5.5","input":"caf\u00e9","temperature":1.0,"tags":["x"]}"#,
+        )
+        .unwrap();
+        let fields = vec![
+            (
+                "temperature".to_owned(),
+                RawValue::from_string("0.5".into()).unwrap(),
+            ),
+            (
+                "top_p".to_owned(),
+                RawValue::from_string("0.9".into()).unwrap(),
+            ),
+        ];
+        let body = req.body_for("gpt-55-prod", &fields).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            r#"{"model":"gpt-55-prod","input":"caf\u00e9","temperature":0.5,"top_p":0.9}"#
+        );
+        assert_eq!(req.body_for("gpt-5.5", &[]).unwrap(), req.body);
+    }
+
+    #[test]
+    fn stateful_requires_storage_and_mcp_hosts_are_collected() {
+        let err = parse(r#"{"model":"m","tags":["stateful"],"store":false}"#).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("store"));
+        assert!(parse(r#"{"model":"m","tags":["stateful"]}"#).is_ok());
+        let req = parse(r#"{"model":"m","previous_response_id":"resp_1","tools":[{"type":"function","name":"f"},{"type":"mcp","server_label":"x","server_url":"https://MCP.example.com/sse"}]}"#).unwrap();
+        assert_eq!(req.previous_response_id.as_deref(), Some("resp_1"));
+        assert_eq!(
+            req.mcp_servers,
+            vec![McpServer {
+                index: 1,
+                host: "mcp.example.com".into()
+            }]
+        );
+        let err = parse(
+            r#"{"model":"m","tools":[{"type":"mcp","server_label":"x","server_url":"not a url"}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("tools[0].server_url"));
+    }
+
+    #[test]
     fn refusals_keep_ledger_context() {
         let rejection = parse_create(
-            br#"{"model":"turing/gpt-5","stream":true,"user":"u1","tools":[{"type":"file_search"}]}"#,
+            &Bytes::from_static(
+                br#"{"model":"turing/gpt-5","stream":true,"user":"u1","tools":[{"type":"file_search"}]}"#,
+            ),
             "turing/",
         )
         .err()

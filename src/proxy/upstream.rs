@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{Secret, UpstreamConfig, UpstreamKind};
@@ -17,6 +16,7 @@ pub struct Upstream {
     pub name: String,
     kind: UpstreamKind,
     base_url: String,
+    api_version: Option<String>,
     key: Secret,
     client: reqwest::Client,
 }
@@ -37,14 +37,21 @@ impl Upstream {
             name: config.name.clone(),
             kind: config.kind,
             base_url: config.url.trim_end_matches('/').to_owned(),
+            api_version: config.api_version.clone(),
             key: config.key.clone(),
             client,
         })
     }
 
-    /// A request to `<base>/responses<suffix>` carrying the upstream's credential.
-    fn authorized(&self, method: reqwest::Method, suffix: &str) -> reqwest::RequestBuilder {
-        let url = format!("{}/responses{suffix}", self.base_url);
+    /// A request to `<base>/responses<suffix>` carrying the upstream's
+    /// credential (`suffix` may hold a query string).
+    pub fn request(&self, method: reqwest::Method, suffix: &str) -> reqwest::RequestBuilder {
+        let mut url = format!("{}/responses{suffix}", self.base_url);
+        if let Some(version) = &self.api_version {
+            url.push(if suffix.contains('?') { '&' } else { '?' });
+            url.push_str("api-version=");
+            url.push_str(version);
+        }
         let mut credential = match self.kind {
             UpstreamKind::Openai => HeaderValue::try_from(format!("Bearer {}", self.key.expose())),
             UpstreamKind::Azure => HeaderValue::try_from(self.key.expose()),
@@ -60,14 +67,6 @@ impl Upstream {
             .header(credential_header, credential)
     }
 
-    /// `POST <base>/responses`.
-    pub fn create_response(&self, body: Bytes, request_id: &str) -> reqwest::RequestBuilder {
-        self.authorized(reqwest::Method::POST, "")
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header("x-client-request-id", request_id)
-            .body(body)
-    }
-
     /// The final state of a response whose stream we lost, by asking the
     /// upstream for it (`GET /responses/{id}`; needs `store` not false).
     /// Polls while it is still running, until `within` has passed. `None`
@@ -75,13 +74,11 @@ impl Upstream {
     pub async fn recover(&self, response_id: &str, within: Duration) -> Option<ResponseSummary> {
         let deadline = tokio::time::Instant::now() + within;
         let mut wait = Duration::from_millis(200);
-        let path = format!("/{}", urlencode_path(response_id));
+        let path = format!("/{}", encode_path_segment(response_id));
         loop {
-            let sent = tokio::time::timeout_at(
-                deadline,
-                self.authorized(reqwest::Method::GET, &path).send(),
-            )
-            .await;
+            let sent =
+                tokio::time::timeout_at(deadline, self.request(reqwest::Method::GET, &path).send())
+                    .await;
             let response = match sent {
                 Ok(Ok(response)) if response.status().is_success() => response,
                 Ok(Ok(response)) if response.status().is_client_error() => return None,
@@ -109,7 +106,7 @@ impl Upstream {
 }
 
 /// Response ids are opaque to us: keep them from changing the path.
-fn urlencode_path(id: &str) -> String {
+pub fn encode_path_segment(id: &str) -> String {
     id.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
