@@ -1,9 +1,14 @@
 //! The admin API (`/admin/*`): client keys and prices.
 //!
-//! Every call needs `Authorization: Bearer $TOLLGATE_ADMIN_TOKEN`, compared
-//! in constant time; with no token configured every call is refused. Price
-//! changes are new versions, never updates; after a change this replica
-//! reloads its price table at once (others within their reload interval).
+//! Every call needs `Authorization: Bearer <token>`: `TOLLGATE_ADMIN_TOKEN`
+//! (label `admin`) or one of the labelled `[[admin_tokens]]`, compared in
+//! constant time; with no token configured every call is refused. The label
+//! of the token used is the `created_by` of the price versions it creates,
+//! which the history endpoint shows: that is the audit trail.
+//!
+//! Price changes are new versions, never updates (a retirement is a version
+//! too); after a change this replica reloads its price table at once, and
+//! the others when the change's NOTIFY reaches them (`pricing::notify`).
 //! Bad input answers 400/422 naming the field and changes nothing.
 
 use std::sync::Arc;
@@ -19,22 +24,45 @@ use serde_json::value::RawValue;
 
 use crate::app::AppState;
 use crate::auth::{self, KeyError};
+use crate::config::MAIN_ADMIN_LABEL;
 use crate::error::ApiError;
 use crate::pricing::{self, litellm, PriceSheet};
 use crate::proxy::authorization;
 
-/// The label recorded as `created_by` on price versions.
-const ADMIN_LABEL: &str = "admin-token";
+/// Who made an admin call: the label of the token presented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminCaller {
+    pub label: String,
+}
 
-pub fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let expected = state.config.admin_token.expose();
-    if expected.is_empty() {
-        return Err(ApiError::admin_disabled());
+pub fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<AdminCaller, ApiError> {
+    let config = &state.config;
+    let tokens = std::iter::once((MAIN_ADMIN_LABEL, &config.admin_token)).chain(
+        config
+            .admin_tokens
+            .iter()
+            .map(|admin| (admin.label.as_str(), &admin.token)),
+    );
+    let presented = authorization(headers);
+    let mut configured = false;
+    let mut matched = None;
+    // Every token is compared (no early return), so the time taken does not
+    // tell which one, if any, matched.
+    for (label, token) in tokens {
+        if token.is_empty() {
+            continue;
+        }
+        configured = true;
+        if auth::admin_token_matches(token.expose(), presented) && matched.is_none() {
+            matched = Some(label);
+        }
     }
-    if auth::admin_token_matches(expected, authorization(headers)) {
-        Ok(())
-    } else {
-        Err(ApiError::admin_unauthorized())
+    match matched {
+        Some(label) => Ok(AdminCaller {
+            label: label.to_owned(),
+        }),
+        None if !configured => Err(ApiError::admin_disabled()),
+        None => Err(ApiError::admin_unauthorized()),
     }
 }
 
@@ -142,7 +170,7 @@ pub async fn put_price(
     Path(model): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    require_admin(&state, &headers)?;
+    let caller = require_admin(&state, &headers)?;
     let model = state.config.public_model(&model).to_owned();
     if model.is_empty() || model.len() > 200 {
         return Err(ApiError::unprocessable(
@@ -168,11 +196,135 @@ pub async fn put_price(
         &model,
         Some(&sheet),
         effective_from,
-        ADMIN_LABEL,
+        &caller.label,
     )
     .await?;
     reload(&state).await;
     Ok((StatusCode::CREATED, Json(version.to_json())).into_response())
+}
+
+/// `DELETE /admin/prices/{model}`: retires the model's price from now on (a
+/// new version with no rates), so new requests for it get 404
+/// `model_not_found`. Requests already under way keep the version they
+/// started with. Retiring a model whose price is already retired (with
+/// nothing scheduled after) changes nothing and answers that retirement.
+pub async fn retire_price(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(model): Path<String>,
+) -> Result<Response, ApiError> {
+    let caller = require_admin(&state, &headers)?;
+    let model = state.config.public_model(&model).to_owned();
+    let history = pricing::model_history(&state.pool, &model).await?;
+    if history.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "No price was ever set for '{model}'."
+        )));
+    }
+    let now = Utc::now();
+    let table = pricing::PriceTable::from_versions(history);
+    if let Some(current) = table.in_force(&model, now) {
+        if current.sheet.is_none() && !table.has_version_after(&model, now) {
+            return Ok(Json(current.to_json()).into_response());
+        }
+    }
+    let version = pricing::insert_version(&state.pool, &model, None, now, &caller.label).await?;
+    reload(&state).await;
+    Ok(Json(version.to_json()).into_response())
+}
+
+/// `POST /admin/reprice {"start_time", "end_time", "models"?}`: prices the
+/// unpriced rows with `start_time <= started_at < end_time` (unix seconds or
+/// RFC 3339) with the versions now in force at their start.
+pub async fn reprice(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    let fields = parse_json::<std::collections::BTreeMap<String, Box<RawValue>>>(&body)?;
+    let mut start = None;
+    let mut end = None;
+    let mut models = None;
+    for (name, raw) in &fields {
+        match name.as_str() {
+            "start_time" => start = Some(parse_range_time("start_time", raw)?),
+            "end_time" => end = Some(parse_range_time("end_time", raw)?),
+            "models" => models = parse_models(&state, raw)?,
+            _ => {
+                return Err(ApiError::unprocessable(
+                    name.as_str(),
+                    format!(
+                        "Unknown field '{name}'; expected start_time, end_time and optionally models."
+                    ),
+                ))
+            }
+        }
+    }
+    let start = start.ok_or_else(|| {
+        ApiError::unprocessable("start_time", "'start_time' is required.")
+    })?;
+    let end =
+        end.ok_or_else(|| ApiError::unprocessable("end_time", "'end_time' is required."))?;
+    if end <= start {
+        return Err(ApiError::unprocessable(
+            "end_time",
+            "'end_time' must be after 'start_time'.",
+        ));
+    }
+    let report = pricing::reprice::reprice(&state.pool, start, end, models.as_deref()).await?;
+    Ok(Json(serde_json::json!({
+        "object": "reprice",
+        "start_time": start.to_rfc3339(),
+        "end_time": end.to_rfc3339(),
+        "models": models,
+        "priced": report.priced,
+        "cost_added": report.cost_added.to_string(),
+        "still_unpriced": report.still_unpriced,
+    }))
+    .into_response())
+}
+
+/// Unix seconds (a JSON integer or a string of digits) or RFC 3339.
+fn parse_range_time(field: &str, raw: &RawValue) -> Result<DateTime<Utc>, ApiError> {
+    let text = match serde_json::from_str::<serde_json::Value>(raw.get()) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(serde_json::Value::Number(n)) => n.to_string(),
+        _ => String::new(),
+    };
+    let parsed = match text.parse::<i64>() {
+        Ok(seconds) => DateTime::from_timestamp(seconds, 0),
+        Err(_) => DateTime::parse_from_rfc3339(&text)
+            .ok()
+            .map(|t| t.with_timezone(&Utc)),
+    };
+    parsed.ok_or_else(|| {
+        ApiError::unprocessable(
+            field,
+            format!("'{field}' must be unix seconds or an RFC 3339 timestamp."),
+        )
+    })
+}
+
+/// A non-empty array of model ids (the `turing/` prefix is optional).
+fn parse_models(state: &AppState, raw: &RawValue) -> Result<Option<Vec<String>>, ApiError> {
+    let bad = || {
+        ApiError::unprocessable(
+            "models",
+            "'models' must be a non-empty array of model ids, or left out for every model.",
+        )
+    };
+    let models: Option<Vec<String>> = serde_json::from_str(raw.get()).map_err(|_| bad())?;
+    match models {
+        None => Ok(None),
+        Some(models) if models.is_empty() || models.iter().any(String::is_empty) => Err(bad()),
+        Some(models) => Ok(Some(
+            models
+                .iter()
+                .map(|m| state.config.public_model(m).to_owned())
+                .collect(),
+        )),
+    }
 }
 
 fn parse_time(raw: &RawValue) -> Result<DateTime<Utc>, ApiError> {
@@ -194,12 +346,12 @@ pub async fn import_prices(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    require_admin(&state, &headers)?;
+    let caller = require_admin(&state, &headers)?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::invalid_request("The body must be UTF-8 JSON."))?;
     let report = litellm::parse_litellm(text)
         .map_err(|err| ApiError::unprocessable("body", err.to_string()))?;
-    let changed = pricing::import_sheets(&state.pool, &report.imported, ADMIN_LABEL).await?;
+    let changed = pricing::import_sheets(&state.pool, &report.imported, &caller.label).await?;
     reload(&state).await;
     Ok(Json(serde_json::json!({
         "object": "price_import",

@@ -5,9 +5,15 @@
 //! its model in force at the request's start, captured once as an
 //! `Arc<PriceVersion>` so a change that lands mid-stream cannot touch it.
 //! Money is `rust_decimal` end to end; no float ever carries a rate.
+//!
+//! Every insert announces itself on [`NOTIFY_CHANNEL`] in the same
+//! transaction, so every replica's [`notify`] listener reloads its book as
+//! soon as the change is committed (and not before).
 
 pub mod cost;
 pub mod litellm;
+pub mod notify;
+pub mod reprice;
 pub mod sheet;
 
 use std::collections::{BTreeMap, HashMap};
@@ -17,9 +23,14 @@ use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 pub use sheet::{FieldError, PriceSheet};
+
+/// The PostgreSQL channel price changes are announced on; the payload is the
+/// model that changed (or `*` for an import), for logs only: listeners always
+/// reload the whole table.
+pub const NOTIFY_CHANNEL: &str = "tollgate_prices";
 
 /// The four rates that have their own columns; every other rate lives in
 /// `variant_rates`.
@@ -146,9 +157,25 @@ pub async fn model_history(pool: &PgPool, model: &str) -> Result<Vec<PriceVersio
         .collect())
 }
 
-/// Inserts a new version (`sheet: None` retires the model).
+/// Inserts a new version (`sheet: None` retires the model) and announces it
+/// on [`NOTIFY_CHANNEL`]; both commit together, so no replica hears of a
+/// version it cannot read yet, and none misses one that committed.
 pub async fn insert_version(
     pool: &PgPool,
+    model: &str,
+    sheet: Option<&PriceSheet>,
+    effective_from: DateTime<Utc>,
+    created_by: &str,
+) -> Result<PriceVersion, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let version = insert_version_in(&mut tx, model, sheet, effective_from, created_by).await?;
+    announce(&mut tx, model).await?;
+    tx.commit().await?;
+    Ok(version)
+}
+
+async fn insert_version_in(
+    conn: &mut PgConnection,
     model: &str,
     sheet: Option<&PriceSheet>,
     effective_from: DateTime<Utc>,
@@ -176,15 +203,27 @@ pub async fn insert_version(
     .bind(sqlx::types::Json(&fields))
     .bind(currency)
     .bind(created_by)
-    .fetch_one(pool)
+    .fetch_one(&mut *conn)
     .await?;
     row.into_version()
         .map_err(|err| sqlx::Error::Decode(Box::new(err)))
 }
 
+/// `pg_notify` inside the caller's transaction: PostgreSQL delivers it at
+/// commit and drops it on rollback.
+async fn announce(conn: &mut PgConnection, payload: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(NOTIFY_CHANNEL)
+        .bind(payload)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// Imports sheets, skipping models whose version in force now is identical,
-/// so importing the same file twice creates no new versions. Returns the
-/// models that got a new version.
+/// so importing the same file twice creates no new versions. All versions
+/// go in one transaction (a file is imported whole or not at all) with one
+/// announcement. Returns the models that got a new version.
 pub async fn import_sheets(
     pool: &PgPool,
     sheets: &[litellm::ImportedModel],
@@ -193,16 +232,21 @@ pub async fn import_sheets(
     let book = PriceBook::from_versions(load_versions(pool).await?);
     let now = Utc::now();
     let mut changed = Vec::new();
+    let mut tx = pool.begin().await?;
     for litellm::ImportedModel { model, sheet, .. } in sheets {
         let unchanged = book
             .lookup(model, now)
             .and_then(|v| v.sheet.as_ref().map(|s| s == sheet))
             .unwrap_or(false);
         if !unchanged {
-            insert_version(pool, model, Some(sheet), now, created_by).await?;
+            insert_version_in(&mut tx, model, Some(sheet), now, created_by).await?;
             changed.push(model.clone());
         }
     }
+    if !changed.is_empty() {
+        announce(&mut tx, "*").await?;
+    }
+    tx.commit().await?;
     Ok(changed)
 }
 
@@ -230,10 +274,25 @@ impl PriceTable {
     /// The version in force for `model` at `at`; `None` when there is none or
     /// the one in force is a retirement.
     pub fn lookup(&self, model: &str, at: DateTime<Utc>) -> Option<Arc<PriceVersion>> {
+        let version = self.in_force(model, at)?;
+        version.sheet.is_some().then(|| version.clone())
+    }
+
+    /// The version in force for `model` at `at`, retirements included. Of
+    /// versions with the same `effective_from` the newest (highest id) wins,
+    /// so an admin can correct a version by backdating a new one to its time.
+    pub fn in_force(&self, model: &str, at: DateTime<Utc>) -> Option<&Arc<PriceVersion>> {
         let versions = self.by_model.get(model)?;
         let in_force = versions.partition_point(|v| v.effective_from <= at);
-        let version = versions.get(in_force.checked_sub(1)?)?;
-        version.sheet.is_some().then(|| version.clone())
+        versions.get(in_force.checked_sub(1)?)
+    }
+
+    /// Whether `model` has a version that takes effect after `at`.
+    pub fn has_version_after(&self, model: &str, at: DateTime<Utc>) -> bool {
+        self.by_model
+            .get(model)
+            .and_then(|versions| versions.last())
+            .is_some_and(|last| last.effective_from > at)
     }
 
     pub fn models(&self) -> impl Iterator<Item = &str> {
@@ -244,12 +303,18 @@ impl PriceTable {
 /// The request path's view of prices: a lock-free snapshot, reloaded whole.
 pub struct PriceBook {
     table: ArcSwap<PriceTable>,
+    /// Serialises reloads (the request path never takes it). Without it a
+    /// slow reload that read the table before a change could store its stale
+    /// snapshot after a faster one that read it after, undoing the change
+    /// until the next reload.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl PriceBook {
     pub fn from_versions(versions: Vec<PriceVersion>) -> Self {
         Self {
             table: ArcSwap::from_pointee(PriceTable::from_versions(versions)),
+            reloading: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -258,6 +323,7 @@ impl PriceBook {
     }
 
     pub async fn reload(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let _one_at_a_time = self.reloading.lock().await;
         let versions = load_versions(pool).await?;
         self.table
             .store(Arc::new(PriceTable::from_versions(versions)));
