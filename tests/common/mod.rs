@@ -19,11 +19,15 @@ use tollgate::mock_upstream::MockUpstream;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 pub const UPSTREAM_KEY: &str = "sk-upstream-secret";
+pub const AZURE_KEY: &str = "azure-api-key-secret";
 
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub state: Arc<AppState>,
     pub mock: MockUpstream,
+    /// A second backend, configured as upstream `azure` (kind azure, v1
+    /// path); used only by routes that name it.
+    pub azure: MockUpstream,
     pub pool: PgPool,
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
@@ -42,19 +46,34 @@ impl TestGateway {
         let mock_addr = mock_listener.local_addr().unwrap();
         tokio::spawn(mock.clone().serve(mock_listener));
 
+        let azure = MockUpstream::new();
+        let azure_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let azure_addr = azure_listener.local_addr().unwrap();
+        tokio::spawn(azure.clone().serve(azure_listener));
+
         let spool = tempfile::tempdir().unwrap();
         let mut config = Config {
             admin_token: Secret::new(ADMIN_TOKEN),
             drain_deadline_secs: 5,
             on_client_disconnect: DisconnectPolicy::Drain,
-            upstreams: vec![UpstreamConfig {
-                name: "mock".into(),
-                url: format!("http://{mock_addr}/v1"),
-                key: Secret::new(UPSTREAM_KEY),
-                kind: UpstreamKind::Openai,
-                connect_timeout_ms: 2_000,
-                api_version: None,
-            }],
+            upstreams: vec![
+                UpstreamConfig {
+                    name: "mock".into(),
+                    url: format!("http://{mock_addr}/v1"),
+                    key: Secret::new(UPSTREAM_KEY),
+                    kind: UpstreamKind::Openai,
+                    connect_timeout_ms: 2_000,
+                    api_version: None,
+                },
+                UpstreamConfig {
+                    name: "azure".into(),
+                    url: format!("http://{azure_addr}/openai/v1"),
+                    key: Secret::new(AZURE_KEY),
+                    kind: UpstreamKind::Azure,
+                    connect_timeout_ms: 2_000,
+                    api_version: None,
+                },
+            ],
             ..Config::default()
         };
         config.ledger.spool_dir = spool.path().to_path_buf();
@@ -72,6 +91,7 @@ impl TestGateway {
             addr,
             state,
             mock,
+            azure,
             pool,
             http: reqwest::Client::new(),
             stop: Some(stop),
