@@ -252,20 +252,16 @@ pub async fn reprice(
             "end_time" => end = Some(parse_range_time("end_time", raw)?),
             "models" => models = parse_models(&state, raw)?,
             _ => {
-                return Err(ApiError::unprocessable(
-                    name.as_str(),
-                    format!(
-                        "Unknown field '{name}'; expected start_time, end_time and optionally models."
-                    ),
-                ))
+                let message = format!(
+                    "Unknown field '{name}'; expected start_time, end_time and optionally models."
+                );
+                return Err(ApiError::unprocessable(name.as_str(), message));
             }
         }
     }
-    let start = start.ok_or_else(|| {
-        ApiError::unprocessable("start_time", "'start_time' is required.")
-    })?;
-    let end =
-        end.ok_or_else(|| ApiError::unprocessable("end_time", "'end_time' is required."))?;
+    let start =
+        start.ok_or_else(|| ApiError::unprocessable("start_time", "'start_time' is required."))?;
+    let end = end.ok_or_else(|| ApiError::unprocessable("end_time", "'end_time' is required."))?;
     if end <= start {
         return Err(ApiError::unprocessable(
             "end_time",

@@ -103,6 +103,7 @@ pub async fn build_state(
         pool,
     });
     spawn_price_reloader(&state);
+    crate::reconcile::spawn(&state);
     spawn_price_listener(&state);
     Ok((state, Background { writer }))
 }
@@ -178,6 +179,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 get(proxy::list_input_items),
             )
             .route(&format!("{prefix}/models"), get(proxy::list_models))
+            .route(&format!("{prefix}/usage"), get(reports::tenant_usage))
             .route(
                 &format!("{prefix}/usage/records"),
                 get(reports::tenant_records),
@@ -195,6 +197,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .delete(admin::retire_price),
         )
         .route("/admin/reprice", post(admin::reprice))
+        .route("/admin/usage", get(reports::admin_usage))
         .route("/admin/usage/records", get(reports::admin_records))
         .layer(DefaultBodyLimit::max(limit));
     Router::new()

@@ -620,14 +620,23 @@ mod tests {
             (one("admin", "t"), "admin_tokens[0].label"),
             (one("a", ""), "admin_tokens[0].token"),
             (one("a", "main"), "admin_tokens[0].token"),
-            (format!("{}{}", one("a", "t1"), one("a", "t2")), "admin_tokens[1].label"),
-            (format!("{}{}", one("a", "t1"), one("b", "t1")), "admin_tokens[1].token"),
+            (
+                format!("{}{}", one("a", "t1"), one("a", "t2")),
+                "admin_tokens[1].label",
+            ),
+            (
+                format!("{}{}", one("a", "t1"), one("b", "t1")),
+                "admin_tokens[1].token",
+            ),
         ] {
             let err = check(&toml, "main");
             assert!(err.contains(field), "{toml} -> {err}");
         }
         // Labels are known fields only.
-        assert!(Config::from_toml("[[admin_tokens]]\nlabel = \"a\"\ntoken = \"t\"\nrole = \"x\"").is_err());
+        assert!(
+            Config::from_toml("[[admin_tokens]]\nlabel = \"a\"\ntoken = \"t\"\nrole = \"x\"")
+                .is_err()
+        );
     }
 
     #[test]

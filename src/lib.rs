@@ -16,6 +16,7 @@ pub mod ledger;
 pub mod metering;
 pub mod pricing;
 pub mod proxy;
+pub mod reconcile;
 pub mod sse;
 pub mod usage;
 

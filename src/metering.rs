@@ -16,7 +16,7 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::ledger::{LedgerHandle, LedgerRow, RequestStatus, UsageSource};
 use crate::pricing::{cost, PriceVersion};
-use crate::usage::ResponseSummary;
+use crate::usage::{ResponseSummary, Usage};
 
 /// What is known about a request before it is forwarded.
 #[derive(Debug, Clone)]
@@ -96,6 +96,8 @@ impl Outcome {
             Some("failed") => RequestStatus::Failed,
             Some("cancelled") => RequestStatus::Cancelled,
             Some("completed") => RequestStatus::Completed,
+            // A background response: billed when it finishes.
+            Some("queued" | "in_progress") if summary.usage.is_none() => RequestStatus::Queued,
             // A response object without a terminal status carries no usage
             // to bill; it did not end properly from our point of view.
             _ if summary.usage.is_none() => RequestStatus::Interrupted,
@@ -181,6 +183,16 @@ impl Meter {
         if let Some(ctx) = self.ctx.take() {
             metrics::counter!("tollgate_requests_total", "endpoint" => ctx.endpoint, "status" => outcome.status.as_str())
                 .increment(1);
+            // A client saw a response finish: a queued background row may
+            // be ready to settle now rather than at the next poll.
+            let finished = outcome
+                .summary
+                .as_ref()
+                .and_then(|s| s.status.as_deref())
+                .is_some_and(|s| !matches!(s, "queued" | "in_progress"));
+            if ctx.endpoint == "responses.retrieve" && finished {
+                self.ledger.nudge_background();
+            }
             self.ledger.record(build_row(ctx, outcome, Utc::now()));
         }
     }
@@ -205,27 +217,23 @@ pub fn build_row(ctx: RequestContext, outcome: Outcome, finished_at: DateTime<Ut
         .price
         .as_ref()
         .map_or_else(|| "usd".to_owned(), |p| p.currency.clone());
-    let (cost, price_id, unpriced_reason) = match (usage, &ctx.price) {
-        (Some(usage), Some(price)) => match &price.sheet {
-            Some(sheet) => match cost::cost(sheet, &usage, summary.service_tier.as_deref()) {
-                Ok(value) => (Some(value), Some(price.id), None),
-                Err(unpriced) => (None, None, Some(unpriced.reason())),
-            },
-            None => (None, None, Some("no_price".to_owned())),
-        },
-        (Some(_), None) => (None, None, Some("no_price".to_owned())),
+    let (cost, price_id, unpriced_reason) = if !ctx.billable
+        || (usage.is_none()
+            && matches!(
+                outcome.status,
+                RequestStatus::Rejected | RequestStatus::UpstreamError
+            )) {
         // Refused or failed before the backend did any work, or a call that
         // causes no usage: nothing to bill, and we know it.
-        (None, _)
-            if !ctx.billable
-                || matches!(
-                    outcome.status,
-                    RequestStatus::Rejected | RequestStatus::UpstreamError
-                ) =>
-        {
-            (Some(Decimal::ZERO), None, None)
-        }
-        (None, _) => (None, None, Some("usage_missing".to_owned())),
+        (Some(Decimal::ZERO), None, None)
+    } else if usage.is_none() && outcome.status == RequestStatus::Queued {
+        (None, None, Some("background_pending".to_owned()))
+    } else {
+        price_usage(
+            ctx.price.as_deref(),
+            usage.as_ref(),
+            summary.service_tier.as_deref(),
+        )
     };
     let usage = usage.unwrap_or_default();
     LedgerRow {
@@ -265,5 +273,23 @@ pub fn build_row(ctx: RequestContext, outcome: Outcome, finished_at: DateTime<Ut
         started_at: ctx.started_at,
         first_byte_at: outcome.first_byte_at,
         finished_at,
+    }
+}
+
+/// Cost, price id and unpriced reason of `usage` under `price`.
+pub fn price_usage(
+    price: Option<&PriceVersion>,
+    usage: Option<&Usage>,
+    service_tier: Option<&str>,
+) -> (Option<Decimal>, Option<i64>, Option<String>) {
+    let Some(usage) = usage else {
+        return (None, None, Some("usage_missing".to_owned()));
+    };
+    match price.and_then(|p| p.sheet.as_ref().map(|sheet| (p.id, sheet))) {
+        Some((id, sheet)) => match cost::cost(sheet, usage, service_tier) {
+            Ok(value) => (Some(value), Some(id), None),
+            Err(unpriced) => (None, None, Some(unpriced.reason())),
+        },
+        None => (None, None, Some("no_price".to_owned())),
     }
 }

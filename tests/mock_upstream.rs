@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tollgate::mock_upstream::MockUpstream;
 use serde_json::{json, Value};
+use tollgate::mock_upstream::MockUpstream;
 
 async fn start_with(mock: MockUpstream) -> (MockUpstream, String) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -497,3 +497,97 @@ async fn models_lists_the_priced_public_ids(pool: PgPool) {
     assert_eq!(ids, ["turing/gpt-5.5", "turing/o3"]);
     let _ = UPSTREAM_KEY;
 }
+
+#[sqlx::test]
+async fn background_responses_are_billed_exactly_once(pool: PgPool) {
+    let gw = TestGateway::start_with(pool, |c| c.background_poll_secs = 1).await;
+    gw.set_price("gpt-5.5", price("0.000005", "0.00003")).await;
+    let key = gw.key("acme").await;
+    let mut ids = Vec::new();
+    for usage in ["10,0,10,0", "20,0,20,0"] {
+        let created: Value = gw
+            .create(
+                &key,
+                json!({"model": "gpt-5.5", "input": "later", "background": true,
+                                 "metadata": {"mock_usage": usage}}),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(created["status"], "queued");
+        assert!(created["usage"].is_null());
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    let rows = gw.rows(2).await;
+    assert!(
+        rows.iter()
+            .all(|r| r.status == "queued" && r.cost.is_none()),
+        "{rows:#?}"
+    );
+    assert_eq!(
+        rows[0].unpriced_reason.as_deref(),
+        Some("background_pending")
+    );
+
+    // The client polls the first one to its end: it is settled at once.
+    let retrieved: Value = gw
+        .http
+        .get(gw.url(&format!("/v1/responses/{}", ids[0])))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(retrieved["status"], "completed");
+
+    // The second, never retrieved, is settled by the reconciler's poll.
+    let settled = |rows: &[tollgate::ledger::LedgerRow], id: &str| {
+        rows.iter()
+            .filter(|r| r.endpoint == "responses.create" && r.response_id.as_deref() == Some(id))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let rows = gw.rows(3).await;
+        if rows.iter().all(|r| r.status != "queued") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "background rows were not settled"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Further polls and retrievals change nothing.
+    for _ in 0..2 {
+        gw.http
+            .get(gw.url(&format!("/v1/responses/{}", ids[0])))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    let rows = gw.rows(5).await;
+    for (id, cost) in ids.iter().zip(["0.00035", "0.0007"]) {
+        let creates = settled(&rows, id);
+        assert_eq!(creates.len(), 1, "one row per create");
+        assert_eq!(creates[0].status, "completed");
+        assert_eq!(creates[0].usage_source, "reported");
+        // 10*0.000005 + 10*0.00003, 20*0.000005 + 20*0.00003
+        assert_eq!(creates[0].cost, Some(cost.parse().unwrap()));
+    }
+    let billed: Decimal = rows.iter().filter_map(|r| r.cost).sum();
+    assert_eq!(
+        billed,
+        "0.00105".parse::<Decimal>().unwrap(),
+        "retrievals add nothing"
+    );
+}

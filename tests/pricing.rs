@@ -207,7 +207,8 @@ async fn each_row_keeps_the_price_version_it_started_with(pool: PgPool) {
     let gw = TestGateway::start(pool).await;
     let v1 = put_price(&gw, "gpt-5.5", gpt55_price()).await;
     let key = gw.key("acme").await;
-    let body = json!({"model": "turing/gpt-5.5", "input": "x", "metadata": {"mock_usage": "100,0,10,0"}});
+    let body =
+        json!({"model": "turing/gpt-5.5", "input": "x", "metadata": {"mock_usage": "100,0,10,0"}});
     let (_, first) = send(&gw, &key, body.clone()).await;
     // A new version in another currency, in force at once.
     let v2 = put_price(
@@ -336,9 +337,7 @@ async fn retiring_a_price_refuses_new_requests_without_forwarding(pool: PgPool) 
 
     // The retirement is in the history, with who and when; it is no
     // current price.
-    let (_, history) = gw
-        .admin(Method::GET, "/admin/prices/gpt-5.5", None)
-        .await;
+    let (_, history) = gw.admin(Method::GET, "/admin/prices/gpt-5.5", None).await;
     assert!(history["current"].is_null(), "{history}");
     let versions = history["history"].as_array().unwrap();
     assert_eq!(versions.len(), 2);
@@ -353,9 +352,7 @@ async fn retiring_a_price_refuses_new_requests_without_forwarding(pool: PgPool) 
         .admin(Method::DELETE, "/admin/prices/gpt-5.5", None)
         .await;
     assert_eq!((status, &again["id"]), (200, &retired["id"]));
-    let (_, history) = gw
-        .admin(Method::GET, "/admin/prices/gpt-5.5", None)
-        .await;
+    let (_, history) = gw.admin(Method::GET, "/admin/prices/gpt-5.5", None).await;
     assert_eq!(history["history"].as_array().unwrap().len(), 2);
 
     // A new price brings the model back.
@@ -419,7 +416,11 @@ async fn reprice_prices_unpriced_rows_and_never_touches_priced_ones(pool: PgPool
     let (status, report) = reprice(&gw, range.clone()).await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(
-        (&report["priced"], &report["cost_added"], &report["still_unpriced"]),
+        (
+            &report["priced"],
+            &report["cost_added"],
+            &report["still_unpriced"]
+        ),
         (&json!(0), &json!("0"), &json!(2))
     );
 
@@ -441,7 +442,11 @@ async fn reprice_prices_unpriced_rows_and_never_touches_priced_ones(pool: PgPool
     let (status, report) = reprice(&gw, mine).await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(
-        (&report["priced"], &report["cost_added"], &report["still_unpriced"]),
+        (
+            &report["priced"],
+            &report["cost_added"],
+            &report["still_unpriced"]
+        ),
         (&json!(1), &json!("0.00955"), &json!(1))
     );
     let flex_after = row(&gw, &flex).await;
@@ -479,11 +484,23 @@ async fn reprice_prices_unpriced_rows_and_never_touches_priced_ones(pool: PgPool
     for (body, field) in [
         (json!({"end_time": 1}), "start_time"),
         (json!({"start_time": 1}), "end_time"),
-        (json!({"start_time": "yesterday", "end_time": 2}), "start_time"),
+        (
+            json!({"start_time": "yesterday", "end_time": 2}),
+            "start_time",
+        ),
         (json!({"start_time": 5, "end_time": 5}), "end_time"),
-        (json!({"start_time": 1, "end_time": 2, "models": []}), "models"),
-        (json!({"start_time": 1, "end_time": 2, "models": "gpt-5.5"}), "models"),
-        (json!({"start_time": 1, "end_time": 2, "tenants": ["acme"]}), "tenants"),
+        (
+            json!({"start_time": 1, "end_time": 2, "models": []}),
+            "models",
+        ),
+        (
+            json!({"start_time": 1, "end_time": 2, "models": "gpt-5.5"}),
+            "models",
+        ),
+        (
+            json!({"start_time": 1, "end_time": 2, "tenants": ["acme"]}),
+            "tenants",
+        ),
     ] {
         let (status, error) = reprice(&gw, body.clone()).await;
         assert_eq!(status, 422, "{body} -> {error}");
@@ -611,8 +628,8 @@ async fn importing_the_litellm_sample_keeps_every_openai_price_exact(pool: PgPoo
             .get("mode")
             .and_then(|raw| serde_json::from_str(raw.get()).ok());
         let served = matches!(mode.as_deref(), None | Some("chat" | "responses"));
-        let has_rates =
-            entry.contains_key("input_cost_per_token") && entry.contains_key("output_cost_per_token");
+        let has_rates = entry.contains_key("input_cost_per_token")
+            && entry.contains_key("output_cost_per_token");
         let model = key.strip_prefix("openai/").unwrap_or(key);
         if key.starts_with("openai/") && entries.contains_key(model) {
             continue; // the unprefixed entry is the one imported
@@ -672,7 +689,10 @@ async fn importing_the_litellm_sample_keeps_every_openai_price_exact(pool: PgPoo
         checked_models += 1;
         checked_fields += expected.len();
     }
-    assert!(checked_models >= 40, "only {checked_models} OpenAI models checked");
+    assert!(
+        checked_models >= 40,
+        "only {checked_models} OpenAI models checked"
+    );
     assert!(checked_fields >= 3 * checked_models);
     eprintln!("checked {checked_fields} price fields of {checked_models} OpenAI models");
 }

@@ -34,6 +34,9 @@ pub enum RequestStatus {
     /// The exchange ended without a terminal response (cut stream, client gone,
     /// timeout, shutdown).
     Interrupted,
+    /// A background response still running upstream; settled exactly once
+    /// when it finishes.
+    Queued,
 }
 
 impl RequestStatus {
@@ -46,10 +49,11 @@ impl RequestStatus {
             Self::UpstreamError => "upstream_error",
             Self::Rejected => "rejected",
             Self::Interrupted => "interrupted",
+            Self::Queued => "queued",
         }
     }
 
-    pub const ALL: [&'static str; 7] = [
+    pub const ALL: [&'static str; 8] = [
         "completed",
         "incomplete",
         "failed",
@@ -57,6 +61,7 @@ impl RequestStatus {
         "upstream_error",
         "rejected",
         "interrupted",
+        "queued",
     ];
 }
 

@@ -36,6 +36,7 @@ pub struct LedgerHandle {
     tx: mpsc::UnboundedSender<Message>,
     stats: Arc<LedgerStats>,
     recent: Arc<RecentResponses>,
+    background: Arc<tokio::sync::Notify>,
 }
 
 impl LedgerHandle {
@@ -75,6 +76,16 @@ impl LedgerHandle {
         &self.stats
     }
 
+    /// Wakes the background reconciler (a response it may settle finished).
+    pub fn nudge_background(&self) {
+        self.background.notify_one();
+    }
+
+    /// What the background reconciler waits on besides its timer.
+    pub fn background_signal(&self) -> Arc<tokio::sync::Notify> {
+        self.background.clone()
+    }
+
     /// Responses recorded by this process, including rows not yet stored.
     pub fn recent(&self) -> &RecentResponses {
         &self.recent
@@ -88,6 +99,7 @@ impl LedgerHandle {
             tx,
             stats: Arc::new(LedgerStats::default()),
             recent: Arc::default(),
+            background: Arc::default(),
         };
         (handle, CapturedRows(rx))
     }
@@ -140,6 +152,7 @@ pub fn spawn_writer(
             tx,
             stats,
             recent: Arc::default(),
+            background: Arc::default(),
         },
         task,
     )

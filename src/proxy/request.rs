@@ -95,6 +95,8 @@ pub struct CreateRequest {
     pub options: TuringOptions,
     pub previous_response_id: Option<String>,
     pub mcp_servers: Vec<McpServer>,
+    /// Runs upstream after the create call returns; billed when it finishes.
+    pub background: bool,
     /// What goes to the upstream when it knows the model by its public id.
     pub body: Bytes,
     /// The client's body, kept for deployments and fallbacks that need
@@ -245,22 +247,17 @@ pub fn parse_create(body: &Bytes, model_prefix: &str) -> Result<CreateRequest, R
         })?,
         None => None,
     };
-    if let Some(raw) = get("background") {
-        if serde_json::from_str::<Option<bool>>(raw.get())
-            .ok()
-            .flatten()
-            == Some(true)
-        {
-            return Err(reject(
-                ApiError::invalid_value(
-                    "background",
-                    "Background responses are not supported by this gateway yet.",
-                )
-                .with_code("unsupported_parameter"),
+    let background = get("background")
+        .map(|raw| serde_json::from_str::<Option<bool>>(raw.get()))
+        .transpose()
+        .map_err(|_| {
+            reject(
+                ApiError::invalid_value("background", "'background' must be a boolean."),
                 &partial,
-            ));
-        }
-    }
+            )
+        })?
+        .flatten()
+        .unwrap_or(false);
     let options = match get("turing_options") {
         Some(raw) => parse_turing_options(raw, model_prefix).map_err(|e| reject(e, &partial))?,
         None => TuringOptions::default(),
@@ -275,6 +272,7 @@ pub fn parse_create(body: &Bytes, model_prefix: &str) -> Result<CreateRequest, R
         options,
         previous_response_id,
         mcp_servers,
+        background,
         body: out,
         original: body.clone(),
     })

@@ -133,7 +133,12 @@ impl MeteredBody {
         // The exchange ended without usage but we know the response (a cut
         // stream, an `error` event): the upstream may still hold its usage.
         let usage_missing = outcome.summary.as_ref().is_none_or(|s| s.usage.is_none());
-        if usage_missing && outcome.status != RequestStatus::UpstreamError && self.can_spawn() {
+        // Background responses (`Queued`) are settled by the reconciler instead.
+        let recoverable = !matches!(
+            outcome.status,
+            RequestStatus::UpstreamError | RequestStatus::Queued
+        );
+        if usage_missing && recoverable && self.can_spawn() {
             if let (Some(id), Some(upstream)) =
                 (outcome.response_id.clone(), self.settings.recovery.clone())
             {

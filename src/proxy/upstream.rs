@@ -67,6 +67,34 @@ impl Upstream {
             .header(credential_header, credential)
     }
 
+    /// One look at a stored response: `Ok(None)` when the upstream no longer
+    /// has it, `Err(())` when it could not tell (unreachable, 5xx, timeout).
+    pub async fn fetch_response(
+        &self,
+        response_id: &str,
+        within: Duration,
+    ) -> Result<Option<ResponseSummary>, ()> {
+        let path = format!("/{}", encode_path_segment(response_id));
+        let response =
+            tokio::time::timeout(within, self.request(reqwest::Method::GET, &path).send())
+                .await
+                .map_err(|_| ())?
+                .map_err(|_| ())?;
+        if response.status() == http::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !response.status().is_success() {
+            return Err(());
+        }
+        let body = tokio::time::timeout(within, response.bytes())
+            .await
+            .map_err(|_| ())?
+            .map_err(|_| ())?;
+        ResponseSummary::from_response_json(&body)
+            .map(Some)
+            .map_err(|_| ())
+    }
+
     /// The final state of a response whose stream we lost, by asking the
     /// upstream for it (`GET /responses/{id}`; needs `store` not false).
     /// Polls while it is still running, until `within` has passed. `None`

@@ -1,27 +1,39 @@
-//! Reading the ledger back: `GET /v1/usage/records` (the caller's tenant
-//! only) and `GET /admin/usage/records` (every tenant).
+//! Reading the ledger back: `GET /v1/usage/records` and `GET /v1/usage`
+//! (the caller's tenant only), `GET /admin/usage/records` and
+//! `GET /admin/usage` (every tenant).
 //!
 //! Records are served newest first with keyset pagination on
-//! `(started_at, id)`, so a page costs the same at any depth. Filters are
-//! bound parameters (`QueryBuilder::push_bind`), never text spliced into SQL.
-//! The tenant filter of the client endpoint comes from the authenticated key,
-//! never from a parameter.
+//! `(started_at, id)`, so a page costs the same at any depth; `format=csv`
+//! streams every row of the filter instead (see [`csv`]). Usage reports are
+//! summed per time bucket from rollups and ledger rows (see [`usage`]).
+//! Filters are bound parameters (`QueryBuilder::push_bind`), never text
+//! spliced into SQL. The tenant filter of the client endpoints comes from
+//! the authenticated key, never from a parameter.
 
+pub mod csv;
 mod params;
+pub mod usage;
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::HeaderMap;
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use sqlx::{Postgres, QueryBuilder};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use sqlx::{PgPool, Postgres, QueryBuilder};
+use tokio::sync::mpsc;
 
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::ledger::{LedgerRow, COLUMNS};
 use crate::proxy::authorization;
-pub use params::{Cursor, RecordsQuery};
+pub use params::{
+    encode_page, BucketWidth, Cursor, GroupBy, RecordsFormat, RecordsQuery, UsageQuery,
+};
+use usage::push_filter;
 
 pub async fn tenant_records(
     State(state): State<Arc<AppState>>,
@@ -31,7 +43,7 @@ pub async fn tenant_records(
     let principal = state.auth.authenticate(authorization(&headers)).await?;
     let mut query = RecordsQuery::parse(query.as_deref().unwrap_or(""), false)?;
     query.tenants = vec![principal.tenant.to_string()];
-    records(&state, &query).await
+    records(&state, query).await
 }
 
 pub async fn admin_records(
@@ -41,11 +53,39 @@ pub async fn admin_records(
 ) -> Result<Response, ApiError> {
     crate::admin::require_admin(&state, &headers)?;
     let query = RecordsQuery::parse(query.as_deref().unwrap_or(""), true)?;
-    records(&state, &query).await
+    records(&state, query).await
 }
 
-async fn records(state: &AppState, query: &RecordsQuery) -> Result<Response, ApiError> {
-    let mut rows = fetch_records(&state.pool, query).await?;
+pub async fn tenant_usage(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let principal = state.auth.authenticate(authorization(&headers)).await?;
+    let now = chrono::Utc::now().timestamp();
+    let mut query = UsageQuery::parse(query.as_deref().unwrap_or(""), false, now)?;
+    query.tenants = vec![principal.tenant.to_string()];
+    let page = usage::usage_page(&state.pool, &query, false).await?;
+    Ok(Json(page).into_response())
+}
+
+pub async fn admin_usage(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    crate::admin::require_admin(&state, &headers)?;
+    let now = chrono::Utc::now().timestamp();
+    let query = UsageQuery::parse(query.as_deref().unwrap_or(""), true, now)?;
+    let page = usage::usage_page(&state.pool, &query, true).await?;
+    Ok(Json(page).into_response())
+}
+
+async fn records(state: &AppState, query: RecordsQuery) -> Result<Response, ApiError> {
+    if query.format == RecordsFormat::Csv {
+        return records_csv(state, query).await;
+    }
+    let mut rows = fetch_records(&state.pool, &query).await?;
     let has_more = rows.len() > query.limit;
     rows.truncate(query.limit);
     let next_cursor = if has_more {
@@ -72,34 +112,30 @@ async fn records(state: &AppState, query: &RecordsQuery) -> Result<Response, Api
 
 /// One page plus one row (to know whether more follow).
 pub async fn fetch_records(
-    pool: &sqlx::PgPool,
+    pool: &PgPool,
     query: &RecordsQuery,
 ) -> Result<Vec<LedgerRow>, sqlx::Error> {
+    let limit = i64::try_from(query.limit + 1).unwrap_or(i64::MAX);
+    records_sql(query, Some(limit))
+        .build_query_as::<LedgerRow>()
+        .fetch_all(pool)
+        .await
+}
+
+/// The records of `query`, newest first; all of them without `limit`.
+fn records_sql(query: &RecordsQuery, limit: Option<i64>) -> QueryBuilder<'static, Postgres> {
     let mut sql: QueryBuilder<Postgres> = QueryBuilder::new(format!(
         "SELECT {COLUMNS} FROM usage_ledger WHERE started_at >= "
     ));
     sql.push_bind(query.start_time);
     sql.push(" AND started_at < ").push_bind(query.end_time);
-    if !query.tenants.is_empty() {
-        sql.push(" AND tenant_id = ANY(")
-            .push_bind(&query.tenants)
-            .push(")");
-    }
-    if !query.models.is_empty() {
-        sql.push(" AND model = ANY(")
-            .push_bind(&query.models)
-            .push(")");
-    }
-    if !query.api_key_ids.is_empty() {
-        sql.push(" AND api_key_id = ANY(")
-            .push_bind(&query.api_key_ids)
-            .push(")");
-    }
-    if !query.statuses.is_empty() {
-        sql.push(" AND status = ANY(")
-            .push_bind(&query.statuses)
-            .push(")");
-    }
+    // One value is bound as `=`, not `= ANY`: with `= ANY` PostgreSQL 15
+    // will not read an index in order, and sorts every row of a key to
+    // return a page of it (2 s instead of 3 ms at 10 million rows).
+    push_filter(&mut sql, "tenant_id", &query.tenants);
+    push_filter(&mut sql, "model", &query.models);
+    push_filter(&mut sql, "api_key_id", &query.api_key_ids);
+    push_filter(&mut sql, "status", &query.statuses);
     if let Some(cursor) = &query.after {
         sql.push(" AND (started_at, id) < (")
             .push_bind(cursor.started_at)
@@ -107,7 +143,93 @@ pub async fn fetch_records(
             .push_bind(cursor.id)
             .push(")");
     }
-    sql.push(" ORDER BY started_at DESC, id DESC LIMIT ")
-        .push_bind(i64::try_from(query.limit + 1).unwrap_or(i64::MAX));
-    sql.build_query_as::<LedgerRow>().fetch_all(pool).await
+    sql.push(" ORDER BY started_at DESC, id DESC");
+    if let Some(limit) = limit {
+        sql.push(" LIMIT ").push_bind(limit);
+    }
+    sql
+}
+
+/// Bytes per body chunk of a CSV export.
+const CSV_CHUNK: usize = 64 * 1024;
+
+/// `format=csv`: every row of the filter, newest first, streamed as it is
+/// read. A producer task reads the rows with sqlx `fetch` (a cursor over
+/// one statement, one snapshot) and hands the body CSV chunks through a
+/// small channel, so memory stays at a few chunks whatever the row count and
+/// a slow client slows the read instead of filling memory. A client that
+/// goes away drops the receiver, which stops the producer.
+///
+/// An error before the first chunk is answered with the usual envelope; an
+/// error after the headers are sent can only cut the body, which the client
+/// sees as a truncated chunked response, never as a complete file.
+async fn records_csv(state: &AppState, query: RecordsQuery) -> Result<Response, ApiError> {
+    let (tx, mut rx) = mpsc::channel::<Result<Bytes, sqlx::Error>>(4);
+    state
+        .tasks
+        .spawn(produce_csv(state.pool.clone(), query, tx));
+    let first = match rx.recv().await {
+        Some(Ok(chunk)) => chunk,
+        Some(Err(err)) => return Err(err.into()),
+        None => return Err(ApiError::internal("CSV export stopped before its header")),
+    };
+    let rest = futures_util::stream::unfold(rx, |mut rx| async move {
+        let item = rx.recv().await?;
+        Some((item, rx))
+    });
+    let body = futures_util::stream::once(async move { Ok(first) })
+        .chain(rest)
+        .map(|item| {
+            item.map_err(|err| {
+                tracing::warn!(error = %err, "CSV export failed mid-stream; cutting the body");
+                std::io::Error::other(err)
+            })
+        });
+    let mut response = Response::new(Body::from_stream(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8; header=present"),
+    );
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment; filename=\"usage-records.csv\""),
+    );
+    Ok(response)
+}
+
+async fn produce_csv(
+    pool: PgPool,
+    query: RecordsQuery,
+    tx: mpsc::Sender<Result<Bytes, sqlx::Error>>,
+) {
+    let mut sql = records_sql(&query, None);
+    let mut rows = sql.build_query_as::<LedgerRow>().fetch(&pool);
+    let mut buf = String::with_capacity(CSV_CHUNK + 4096);
+    csv::write_header(&mut buf);
+    // The first chunk goes out after the first row (or the end), so the
+    // handler learns quickly whether the query runs at all.
+    let mut sent_first = false;
+    while let Some(row) = rows.next().await {
+        match row {
+            Ok(row) => csv::write_row(&mut buf, &row),
+            Err(err) => {
+                let _ = tx.send(Err(err)).await;
+                return;
+            }
+        }
+        if !sent_first || buf.len() >= CSV_CHUNK {
+            sent_first = true;
+            let chunk = Bytes::from(std::mem::replace(
+                &mut buf,
+                String::with_capacity(CSV_CHUNK + 4096),
+            ));
+            if tx.send(Ok(chunk)).await.is_err() {
+                return; // the client went away
+            }
+        }
+    }
+    if !buf.is_empty() {
+        let _ = tx.send(Ok(Bytes::from(buf))).await;
+    }
 }

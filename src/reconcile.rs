@@ -1,0 +1,155 @@
+//! Background responses: settling their ledger rows exactly once.
+//!
+//! A `background: true` create returns at once with no usage; its row is
+//! written then as `queued` (cost null, `unpriced_reason:
+//! background_pending`). This task asks the upstream for every queued
+//! response every `background_poll_secs`, and at once when a client has just
+//! retrieved one in a terminal state, and settles the row with the final
+//! usage, priced with the version in force at the request's start. The
+//! `UPDATE … WHERE status = 'queued'` is the exactly-once guard: a second
+//! settlement of the same row changes nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use crate::app::AppState;
+use crate::ledger::{RequestStatus, UsageSource};
+use crate::metering::{price_usage, Outcome};
+use crate::usage::ResponseSummary;
+
+const BATCH: i64 = 200;
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn spawn(state: &Arc<AppState>) {
+    let weak = Arc::downgrade(state);
+    let stop = state.shutdown.clone();
+    let every = Duration::from_secs(state.config.background_poll_secs);
+    let nudged = state.ledger.background_signal();
+    state.tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+                () = nudged.notified() => {}
+            }
+            let Some(state) = weak.upgrade() else { return };
+            match settle_pending(&state).await {
+                Ok(0) => {}
+                Ok(settled) => tracing::info!(settled, "background responses settled"),
+                Err(err) => tracing::warn!(error = %err, "background reconciliation deferred"),
+            }
+        }
+    });
+}
+
+#[derive(sqlx::FromRow)]
+struct Pending {
+    request_id: String,
+    response_id: String,
+    upstream: Option<String>,
+    model: Option<String>,
+    started_at: DateTime<Utc>,
+}
+
+/// One pass over the queued rows; returns how many were settled.
+pub async fn settle_pending(state: &AppState) -> Result<u64, sqlx::Error> {
+    let pending: Vec<Pending> = sqlx::query_as(
+        "SELECT request_id, response_id, upstream, model, started_at FROM usage_ledger
+         WHERE status = 'queued' AND response_id IS NOT NULL ORDER BY started_at LIMIT $1",
+    )
+    .bind(BATCH)
+    .fetch_all(&state.pool)
+    .await?;
+    let mut settled = 0;
+    for row in pending {
+        let upstream = row
+            .upstream
+            .as_deref()
+            .and_then(|name| state.routes.upstream(name))
+            .or_else(|| state.routes.default_upstream());
+        let Some(upstream) = upstream else { continue };
+        let outcome = match upstream
+            .fetch_response(&row.response_id, LOOKUP_TIMEOUT)
+            .await
+        {
+            Ok(Some(summary)) if is_final(&summary) => Outcome::from_summary(summary, 200),
+            Ok(Some(_)) | Err(()) => continue,
+            // Deleted or expired upstream before it finished: nothing to bill
+            // that anyone can know; say so rather than leave it queued forever.
+            Ok(None) => {
+                let mut outcome = Outcome::new(RequestStatus::Interrupted);
+                outcome.error_code = Some("background_response_gone".into());
+                outcome
+            }
+        };
+        let price = row
+            .model
+            .as_deref()
+            .and_then(|model| state.prices.lookup(model, row.started_at));
+        if settle(&state.pool, &row.request_id, outcome, price.as_deref()).await? {
+            settled += 1;
+        }
+    }
+    Ok(settled)
+}
+
+fn is_final(summary: &ResponseSummary) -> bool {
+    !matches!(
+        summary.status.as_deref(),
+        Some("queued" | "in_progress") | None
+    )
+}
+
+/// Writes the final outcome into a queued row; false when it was settled
+/// already (by another replica or an earlier pass).
+async fn settle(
+    pool: &PgPool,
+    request_id: &str,
+    outcome: Outcome,
+    price: Option<&crate::pricing::PriceVersion>,
+) -> Result<bool, sqlx::Error> {
+    let summary = outcome.summary.clone().unwrap_or_default();
+    let (cost, price_id, unpriced_reason) = match outcome.status {
+        RequestStatus::Interrupted => (None, None, Some("usage_missing".to_owned())),
+        _ => price_usage(
+            price,
+            summary.usage.as_ref(),
+            summary.service_tier.as_deref(),
+        ),
+    };
+    let usage = summary.usage.unwrap_or_default();
+    let usage_source = if summary.usage.is_some() {
+        UsageSource::Reported
+    } else {
+        UsageSource::Missing
+    };
+    let result = sqlx::query(
+        "UPDATE usage_ledger SET status = $2, usage_source = $3, input_tokens = $4,
+            cached_tokens = $5, output_tokens = $6, reasoning_tokens = $7, total_tokens = $8,
+            service_tier = $9, upstream_model = COALESCE($10, upstream_model), cost = $11,
+            price_id = $12, unpriced_reason = $13, error_code = $14, mcp_calls = $15,
+            finished_at = now()
+         WHERE request_id = $1 AND status = 'queued'",
+    )
+    .bind(request_id)
+    .bind(outcome.status.as_str())
+    .bind(usage_source.as_str())
+    .bind(usage.input_tokens)
+    .bind(usage.cached_tokens)
+    .bind(usage.output_tokens)
+    .bind(usage.reasoning_tokens)
+    .bind(usage.total_tokens)
+    .bind(summary.service_tier)
+    .bind(summary.model)
+    .bind(cost)
+    .bind(price_id)
+    .bind(unpriced_reason)
+    .bind(outcome.error_code)
+    .bind(i32::try_from(summary.mcp_calls).unwrap_or(i32::MAX))
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
