@@ -184,6 +184,7 @@ async fn database_outage_loses_and_duplicates_nothing() {
     let started = Instant::now();
     let mut stopped_at = None;
     let mut restarted = false;
+    let mut spooled_during_outage = None;
     while started.elapsed() < Duration::from_secs(16) {
         if stopped_at.is_none() && started.elapsed() > Duration::from_secs(2) {
             let c = &cluster;
@@ -191,6 +192,13 @@ async fn database_outage_loses_and_duplicates_nothing() {
             stopped_at = Some(Instant::now());
         }
         if let Some(at) = stopped_at {
+            if spooled_during_outage.is_none() && at.elapsed() > Duration::from_secs(6) {
+                let stats = gw.state.ledger.stats();
+                spooled_during_outage = Some((
+                    stats.spooled.load(std::sync::atomic::Ordering::Relaxed),
+                    stats.queued.load(std::sync::atomic::Ordering::Relaxed),
+                ));
+            }
             if !restarted && at.elapsed() > Duration::from_secs(10) {
                 cluster.start_again().unwrap();
                 restarted = true;
@@ -213,6 +221,11 @@ async fn database_outage_loses_and_duplicates_nothing() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(restarted);
+    // While the database is away, rows reach the fsync'd spool within about a
+    // second instead of waiting in memory.
+    let (spooled, queued) = spooled_during_outage.unwrap();
+    println!("6 s into the outage: {spooled} rows spooled, {queued} waiting in memory");
+    assert!(spooled > 0);
 
     // Everything spooled during the outage is replayed, exactly once.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -231,6 +244,15 @@ async fn database_outage_loses_and_duplicates_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    println!(
+        "database outage of 10 s: {sent} requests sent, {} rows stored, {} insert failures spooled",
+        rows.len(),
+        gw.state
+            .ledger
+            .stats()
+            .write_errors
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
     assert_eq!(rows.len(), sent, "zero rows lost");
     let mut inputs: Vec<i64> = rows.iter().map(|r| r.input_tokens).collect();
     inputs.sort_unstable();
@@ -395,4 +417,135 @@ async fn sigterm_drains_open_streams_and_records_every_one(pool: PgPool) {
     inputs.sort_unstable();
     assert_eq!(inputs, (1..=STREAMS as i64).collect::<Vec<_>>());
     let _: Value = json!(null);
+}
+
+/// SIGKILL gives no chance to flush: rows still in the writer's queue are
+/// lost. This measures that window: every request that ended more than the
+/// window before the kill must be in the ledger.
+#[sqlx::test]
+async fn sigkill_loses_only_rows_of_the_last_moments(pool: PgPool) {
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    tollgate::pricing::insert_version(
+        &pool,
+        "gpt-5.5",
+        Some(
+            &tollgate::pricing::PriceSheet::from_fields(
+                &[
+                    ("input_cost_per_token", "0.000005"),
+                    ("output_cost_per_token", "0.00003"),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.parse().unwrap()))
+                .collect(),
+                None,
+            )
+            .unwrap(),
+        ),
+        chrono::Utc::now() - chrono::Duration::seconds(5),
+        "test",
+    )
+    .await
+    .unwrap();
+    let key = tollgate::auth::create_key(&pool, "acme", "t")
+        .await
+        .unwrap()
+        .key;
+    let mock = MockUpstream::without_recording();
+    let mock_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mock_addr = mock_listener.local_addr().unwrap();
+    tokio::spawn(mock.serve(mock_listener));
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .arg("serve")
+            .env(
+                "DATABASE_URL",
+                format!("postgres://postgres@127.0.0.1:5432/{database}"),
+            )
+            .env("TOLLGATE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("TOLLGATE_UPSTREAM_URL", format!("http://{mock_addr}/v1"))
+            .env("TOLLGATE_UPSTREAM_KEY", "upstream")
+            .env("TOLLGATE_SPOOL_DIR", dir.path().join("spool"))
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "gateway did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let (http, base, key, stop) = (http.clone(), base.clone(), key.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let sent = http
+                    .post(format!("{base}/v1/responses"))
+                    .bearer_auth(&key)
+                    .json(&json!({"model": "gpt-5.5", "input": "x"}))
+                    .send()
+                    .await;
+                let Ok(response) = sent else { break };
+                let id = response.headers()["x-tollgate-request-id"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
+                if response.bytes().await.is_ok() {
+                    done.push((id, Instant::now()));
+                }
+            }
+            done
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let killed_at = Instant::now();
+    let mut child = child;
+    child.0.kill().unwrap(); // SIGKILL
+    let _ = child.0.wait();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut completed = Vec::new();
+    for worker in workers {
+        completed.extend(worker.await.unwrap());
+    }
+    let stored: std::collections::HashSet<String> =
+        sqlx::query_scalar("SELECT request_id FROM usage_ledger")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    let lost: Vec<Duration> = completed
+        .iter()
+        .filter(|(id, _)| !stored.contains(id))
+        .map(|(_, ended)| killed_at.saturating_duration_since(*ended))
+        .collect();
+    let window = lost.iter().max().copied().unwrap_or_default();
+    println!(
+        "SIGKILL after {} completed requests: {} rows lost, all of requests that ended within {:?} of the kill",
+        completed.len(),
+        lost.len(),
+        window
+    );
+    assert!(completed.len() > 100, "the load was real");
+    assert!(
+        window < Duration::from_millis(500),
+        "a row older than one batch window was lost: {window:?}"
+    );
 }

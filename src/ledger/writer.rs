@@ -144,6 +144,7 @@ pub fn spawn_writer(
         spool,
         batch_max,
         stats: stats.clone(),
+        database_down: false,
     };
     #[allow(clippy::disallowed_methods)] // the writer is awaited by serve's shutdown sequence
     let task = tokio::spawn(writer.run(rx));
@@ -163,9 +164,16 @@ struct Writer {
     spool: Spool,
     batch_max: usize,
     stats: Arc<LedgerStats>,
+    /// Set by a failed insert, cleared by a successful replay: while set,
+    /// batches go straight to the spool instead of waiting on connection
+    /// timeouts with the rows only in memory.
+    database_down: bool,
 }
 
 const REPLAY_EVERY: Duration = Duration::from_secs(1);
+/// How long a replay waits for a connection before deciding the database is
+/// still away.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Message>) {
@@ -212,13 +220,21 @@ impl Writer {
     /// Database first; on failure the spool, which fsyncs before returning.
     async fn store(&mut self, rows: Vec<LedgerRow>) {
         let count = rows.len() as u64;
-        match insert_rows(&self.pool, &rows).await {
+        let inserted = if self.database_down {
+            Err(sqlx::Error::PoolTimedOut)
+        } else {
+            insert_rows(&self.pool, &rows).await
+        };
+        match inserted {
             Ok(()) => {
                 self.stats.written.fetch_add(count, Ordering::Relaxed);
             }
             Err(err) => {
-                self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %err, rows = count, "ledger insert failed; spooling");
+                if !self.database_down {
+                    self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %err, rows = count, "ledger insert failed; spooling until the database is back");
+                }
+                self.database_down = true;
                 match self.spool.append(&rows) {
                     Ok(()) => {
                         self.stats.spooled.fetch_add(count, Ordering::Relaxed);
@@ -251,7 +267,12 @@ impl Writer {
 
     async fn replay_spool(&mut self) {
         if !self.spool.has_pending() {
+            self.database_down = false;
             return;
+        }
+        match tokio::time::timeout(PROBE_TIMEOUT, self.pool.acquire()).await {
+            Ok(Ok(_connection)) => {}
+            _ => return,
         }
         let pool = self.pool.clone();
         let batch_max = self.batch_max;
@@ -277,8 +298,12 @@ impl Writer {
                     .store(left.saturating_sub(replayed), Ordering::Relaxed);
             }
             Ok(_) => {}
-            Err(err) => tracing::debug!(error = %err, "spool replay deferred"),
+            Err(err) => {
+                tracing::debug!(error = %err, "spool replay deferred");
+                return;
+            }
         }
+        self.database_down = false;
         if !self.spool.has_pending() {
             self.stats.spooled.store(0, Ordering::Relaxed);
         }
