@@ -5,15 +5,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{gpt55_price, TestGateway};
+use common::{gpt55_price, GatewayProcess, TestGateway};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tollgate::ledger::LedgerRow;
-use tollgate::mock_upstream::MockUpstream;
 
 /// The response id announced by `response.created` in the first chunk(s).
 async fn read_created_id(response: &mut reqwest::Response) -> String {
@@ -272,96 +269,14 @@ async fn database_outage_loses_and_duplicates_nothing() {
     assert_eq!(stats.spooled.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
 
-/// Kills the child on every exit path.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[sqlx::test]
 async fn sigterm_drains_open_streams_and_records_every_one(pool: PgPool) {
-    let database: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    tollgate::pricing::insert_version(
-        &pool,
-        "gpt-5.5",
-        Some(
-            &tollgate::pricing::PriceSheet::from_fields(
-                &[
-                    ("input_cost_per_token", "0.000005"),
-                    ("output_cost_per_token", "0.00003"),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.parse().unwrap()))
-                .collect(),
-                None,
-            )
-            .unwrap(),
-        ),
-        chrono::Utc::now() - chrono::Duration::seconds(5),
-        "test",
-    )
-    .await
-    .unwrap();
-    let key = tollgate::auth::create_key(&pool, "acme", "t")
-        .await
-        .unwrap()
-        .key;
-
-    let mock = MockUpstream::without_recording();
-    let mock_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mock_addr = mock_listener.local_addr().unwrap();
-    tokio::spawn(mock.serve(mock_listener));
-
-    let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("tollgate.toml");
-    let mut file = std::fs::File::create(&config_path).unwrap();
-    writeln!(file, "drain_deadline_secs = 8").unwrap();
-    let port = free_port();
-    let mut child = Child(
-        std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .env(
-                "DATABASE_URL",
-                format!("postgres://postgres@127.0.0.1:5432/{database}"),
-            )
-            .env("TOLLGATE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("TOLLGATE_UPSTREAM_URL", format!("http://{mock_addr}/v1"))
-            .env("TOLLGATE_UPSTREAM_KEY", "upstream")
-            .env("TOLLGATE_SPOOL_DIR", dir.path().join("spool"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let gateway = GatewayProcess::start(&pool, "drain_deadline_secs = 8").await;
+    let (http, base, key) = (
+        gateway.http.clone(),
+        gateway.base.clone(),
+        gateway.key.clone(),
     );
-    let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(Instant::now() < deadline, "gateway did not become ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 
     const STREAMS: usize = 100;
     let mut tasks = Vec::new();
@@ -384,11 +299,7 @@ async fn sigterm_drains_open_streams_and_records_every_one(pool: PgPool) {
     // Let every stream open, then ask the gateway to stop.
     tokio::time::sleep(Duration::from_millis(800)).await;
     let signalled = Instant::now();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    gateway.signal("TERM");
     // New connections are refused while the open streams finish.
     let mut completed = 0;
     for task in tasks {
@@ -396,10 +307,7 @@ async fn sigterm_drains_open_streams_and_records_every_one(pool: PgPool) {
             completed += 1;
         }
     }
-    let exit = tokio::task::spawn_blocking(move || child.0.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let exit = gateway.wait().await;
     assert!(exit.success(), "exit status {exit:?}");
     assert!(
         signalled.elapsed() < Duration::from_secs(8 + 3),
@@ -424,70 +332,12 @@ async fn sigterm_drains_open_streams_and_records_every_one(pool: PgPool) {
 /// window before the kill must be in the ledger.
 #[sqlx::test]
 async fn sigkill_loses_only_rows_of_the_last_moments(pool: PgPool) {
-    let database: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    tollgate::pricing::insert_version(
-        &pool,
-        "gpt-5.5",
-        Some(
-            &tollgate::pricing::PriceSheet::from_fields(
-                &[
-                    ("input_cost_per_token", "0.000005"),
-                    ("output_cost_per_token", "0.00003"),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.parse().unwrap()))
-                .collect(),
-                None,
-            )
-            .unwrap(),
-        ),
-        chrono::Utc::now() - chrono::Duration::seconds(5),
-        "test",
-    )
-    .await
-    .unwrap();
-    let key = tollgate::auth::create_key(&pool, "acme", "t")
-        .await
-        .unwrap()
-        .key;
-    let mock = MockUpstream::without_recording();
-    let mock_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mock_addr = mock_listener.local_addr().unwrap();
-    tokio::spawn(mock.serve(mock_listener));
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let child = Child(
-        std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-            .arg("serve")
-            .env(
-                "DATABASE_URL",
-                format!("postgres://postgres@127.0.0.1:5432/{database}"),
-            )
-            .env("TOLLGATE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("TOLLGATE_UPSTREAM_URL", format!("http://{mock_addr}/v1"))
-            .env("TOLLGATE_UPSTREAM_KEY", "upstream")
-            .env("TOLLGATE_SPOOL_DIR", dir.path().join("spool"))
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let gateway = GatewayProcess::start(&pool, "").await;
+    let (http, base, key) = (
+        gateway.http.clone(),
+        gateway.base.clone(),
+        gateway.key.clone(),
     );
-    let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(Instant::now() < deadline, "gateway did not become ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut workers = Vec::new();
@@ -516,9 +366,8 @@ async fn sigkill_loses_only_rows_of_the_last_moments(pool: PgPool) {
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let killed_at = Instant::now();
-    let mut child = child;
-    child.0.kill().unwrap(); // SIGKILL
-    let _ = child.0.wait();
+    gateway.signal("KILL");
+    gateway.wait().await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut completed = Vec::new();
     for worker in workers {

@@ -213,3 +213,123 @@ pub fn sse_events(body: &str) -> Vec<(String, Value)> {
         })
         .collect()
 }
+
+/// The real `tollgate serve` binary as a child process, on the test's own
+/// database, in front of an in-process simulated upstream; with gpt-5.5
+/// priced and a key for tenant `acme`. Killed on drop.
+pub struct GatewayProcess {
+    child: Option<std::process::Child>,
+    pub base: String,
+    pub key: String,
+    pub http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl GatewayProcess {
+    /// `config` is extra TOML for the gateway's config file.
+    pub async fn start(pool: &PgPool, config: &str) -> Self {
+        let database: String = sqlx::query_scalar("SELECT current_database()")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        let sheet = tollgate::pricing::PriceSheet::from_fields(
+            &[
+                ("input_cost_per_token", "0.000005"),
+                ("output_cost_per_token", "0.00003"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.parse().unwrap()))
+            .collect(),
+            None,
+        )
+        .unwrap();
+        let effective = chrono::Utc::now() - chrono::Duration::seconds(5);
+        tollgate::pricing::insert_version(pool, "gpt-5.5", Some(&sheet), effective, "test")
+            .await
+            .unwrap();
+        let key = tollgate::auth::create_key(pool, "acme", "t")
+            .await
+            .unwrap()
+            .key;
+
+        let mock = MockUpstream::without_recording();
+        let mock_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mock_addr = mock_listener.local_addr().unwrap();
+        tokio::spawn(mock.serve(mock_listener));
+
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("tollgate.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env(
+                "DATABASE_URL",
+                format!("postgres://postgres@127.0.0.1:5432/{database}"),
+            )
+            .env("TOLLGATE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("TOLLGATE_UPSTREAM_URL", format!("http://{mock_addr}/v1"))
+            .env("TOLLGATE_UPSTREAM_KEY", "upstream")
+            .env("TOLLGATE_SPOOL_DIR", dir.path().join("spool"))
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let http = reqwest::Client::new();
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .map(|r| r.status() != 200)
+            .unwrap_or(true)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gateway did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self {
+            child: Some(child),
+            base,
+            key,
+            http,
+            _dir: dir,
+        }
+    }
+
+    /// Sends `kill -<signal>` to the gateway.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the gateway to exit.
+    pub async fn wait(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
