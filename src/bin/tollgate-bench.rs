@@ -999,76 +999,21 @@ async fn check_ledger(db_url: &str, measured: usize, warmup: usize) -> Result<Le
 // ---------------------------------------------------------------------------
 // The ttfb command
 
-async fn ttfb(args: TtfbArgs) -> Result<()> {
+async fn ttfb(args: TtfbArgs) -> Result<Vec<stack::SummaryRow>> {
     if args.requests < 4 {
         bail!("--requests must be at least 4");
     }
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    let root = repo_root();
-    let bin = tollgate_binary()?;
     let load_start = load_average();
-    let work = tempfile::Builder::new()
-        .prefix("tollgate-bench-")
-        .tempdir()
-        .context("cannot create a temporary directory")?;
-
-    // Declared before the children so that it is dropped after them.
-    let mut db = Database::create().await?;
-    let mut children = Children::default();
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .tcp_nodelay(true)
-        .build()?;
-
-    let mock_port = free_port()?;
-    let mut mock = Command::new(&bin);
-    mock.args([
-        "mock-upstream",
-        "--listen",
-        &format!("127.0.0.1:{mock_port}"),
-        "--no-recording",
-    ]);
-    children.spawn("mock-upstream", mock, work.path().join("mock.log"))?;
-
-    let prices = root.join("config/prices.json");
-    let mut import = tollgate_command(&bin, &root, &db.url);
-    import.arg("prices").arg("import").arg(&prices);
-    run_once(import, "prices import").await?;
-    let mut create = tollgate_command(&bin, &root, &db.url);
-    create.args(["keys", "create", "--tenant", "bench"]);
-    let created = run_once(create, "keys create").await?;
-    let key = created
-        .lines()
-        .find_map(|l| l.strip_prefix("key:"))
-        .map(|k| k.trim().to_owned())
-        .context("`tollgate keys create` printed no `key:` line")?;
-
-    let gateway_port = free_port()?;
-    let spool = work.path().join("spool");
-    let mut serve = tollgate_command(&bin, &root, &db.url);
-    serve
-        .arg("serve")
-        .env("TOLLGATE_LISTEN", format!("127.0.0.1:{gateway_port}"))
-        .env(
-            "TOLLGATE_UPSTREAM_URL",
-            format!("http://127.0.0.1:{mock_port}/v1"),
-        )
-        .env("TOLLGATE_UPSTREAM_KEY", UPSTREAM_KEY)
-        .env("TOLLGATE_SPOOL_DIR", &spool)
-        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN);
-    children.spawn("tollgate serve", serve, work.path().join("serve.log"))?;
-
-    let mock_base = format!("http://127.0.0.1:{mock_port}");
-    let gateway_base = format!("http://127.0.0.1:{gateway_port}");
-    wait_ready(
-        &client,
-        &format!("{mock_base}/__mock/health"),
-        &mut children,
-    )
-    .await?;
-    wait_ready(&client, &format!("{gateway_base}/readyz"), &mut children).await?;
+    let stack = stack::Stack::start(stack::StackOptions::default()).await?;
+    let (root, client) = (stack.root.clone(), stack.client.clone());
+    let (mock_base, gateway_base, key) = (
+        stack.mock_base.clone(),
+        stack.gateway_base.clone(),
+        stack.key.clone(),
+    );
 
     let direct = Arc::new(Target {
         url: format!("{mock_base}/v1/responses"),
@@ -1108,13 +1053,13 @@ async fn ttfb(args: TtfbArgs) -> Result<()> {
         bail!("{incomplete} responses did not end with a response.completed event");
     }
     let ledger = check_ledger(
-        &db.url,
+        &stack.db.url,
         through_count(args.requests),
         through_count(args.warmup),
     )
     .await?;
     let postgres = {
-        let mut conn = sqlx::PgConnection::connect(&db.url).await?;
+        let mut conn = sqlx::PgConnection::connect(&stack.db.url).await?;
         let (version,): (String,) = sqlx::query_as("SHOW server_version")
             .fetch_one(&mut conn)
             .await?;
@@ -1123,8 +1068,7 @@ async fn ttfb(args: TtfbArgs) -> Result<()> {
     };
 
     // Stop the gateway before dropping its database.
-    children.kill_all();
-    db.drop_now().await?;
+    stack.stop().await?;
 
     let facts = RunFacts {
         date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
