@@ -1,0 +1,1160 @@
+//! The scenarios of issue 7 besides `ttfb`: `throughput` (saturation with
+//! wrk, open-loop added latency, CPU per request, ledger rows under load),
+//! `streams` (event throughput, many open streams), `ledger` (the batched
+//! writer alone, and its backlog behind a locked table) and `callgrind`
+//! (instructions per proxied request). Each returns its summary rows and
+//! writes its BENCHMARKS.md section when asked.
+
+use std::fmt::Write as _;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use sqlx::Connection;
+
+use super::stack::{
+    cpu_seconds, ensure_tool, machine_line, rss_kib, start_nginx, this_command, write_section,
+    Stack, StackOptions, SummaryRow,
+};
+use super::{load_average, percentile, MODEL, MODEL_PREFIX, UPSTREAM_KEY};
+
+/// A non-streaming request body (about 1.2 KB of JSON back).
+fn json_body(model: &str) -> String {
+    serde_json::json!({
+        "model": model,
+        "input": "Benchmark",
+        "metadata": {"mock_usage": "100,0,200,0", "mock_deltas": "8"},
+    })
+    .to_string()
+}
+
+fn stream_body(model: &str, deltas: usize, delay_ms: u64) -> String {
+    serde_json::json!({
+        "model": model,
+        "input": "Benchmark",
+        "stream": true,
+        "metadata": {
+            "mock_usage": "100,0,200,0",
+            "mock_deltas": deltas.to_string(),
+            "mock_delta_bytes": "16",
+            "mock_delay_ms": delay_ms.to_string(),
+            "mock_ttfb_ms": "0",
+        },
+    })
+    .to_string()
+}
+
+#[derive(Clone)]
+struct Endpoint {
+    name: &'static str,
+    url: String,
+    authorization: String,
+    body: Bytes,
+}
+
+fn endpoints(stack: &Stack, nginx: &str, stream: Option<(usize, u64)>) -> Vec<Endpoint> {
+    let body = |model: &str| {
+        Bytes::from(match stream {
+            Some((deltas, delay)) => stream_body(model, deltas, delay),
+            None => json_body(model),
+        })
+    };
+    let through_model = format!("{MODEL_PREFIX}{MODEL}");
+    let mut out = vec![Endpoint {
+        name: "direct",
+        url: format!("{}/v1/responses", stack.mock_base),
+        authorization: format!("Bearer {UPSTREAM_KEY}"),
+        body: body(MODEL),
+    }];
+    if !nginx.is_empty() {
+        out.push(Endpoint {
+            name: "nginx",
+            url: format!("{nginx}/v1/responses"),
+            authorization: format!("Bearer {UPSTREAM_KEY}"),
+            body: body(MODEL),
+        });
+    }
+    out.push(Endpoint {
+        name: "tollgate",
+        url: format!("{}/v1/responses", stack.gateway_base),
+        authorization: format!("Bearer {}", stack.key),
+        body: body(&through_model),
+    });
+    out
+}
+
+// ---------------------------------------------------------------------------
+// wrk
+
+struct WrkResult {
+    requests: u64,
+    seconds: f64,
+    rps: f64,
+    errors: u64,
+}
+
+fn run_wrk(
+    work: &std::path::Path,
+    endpoint: &Endpoint,
+    connections: usize,
+    threads: usize,
+    seconds: u64,
+) -> Result<WrkResult> {
+    let wrk = ensure_tool("wrk", "wrk")?;
+    let script = work.join(format!("{}.lua", endpoint.name));
+    let body = String::from_utf8_lossy(&endpoint.body);
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = [==[{body}]==]\n\
+             wrk.headers[\"Content-Type\"] = \"application/json\"\n\
+             wrk.headers[\"Authorization\"] = \"{}\"\n",
+            endpoint.authorization
+        ),
+    )?;
+    let output = Command::new(wrk)
+        .arg(format!("-t{threads}"))
+        .arg(format!("-c{connections}"))
+        .arg(format!("-d{seconds}s"))
+        .arg("-s")
+        .arg(&script)
+        .arg(&endpoint.url)
+        .output()
+        .context("cannot run wrk")?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        bail!(
+            "wrk failed: {text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let mut result = WrkResult {
+        requests: 0,
+        seconds: seconds as f64,
+        rps: 0.0,
+        errors: 0,
+    };
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("Requests/sec:") {
+            result.rps = rest.trim().parse().unwrap_or(0.0);
+        } else if line.contains(" requests in ") {
+            let mut parts = line.split_whitespace();
+            result.requests = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            if let Some(time) = line
+                .split(" requests in ")
+                .nth(1)
+                .and_then(|t| t.split(',').next())
+            {
+                result.seconds = parse_wrk_time(time).unwrap_or(result.seconds);
+            }
+        } else if let Some(rest) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            result.errors += rest.trim().parse::<u64>().unwrap_or(0);
+        } else if let Some(rest) = line.strip_prefix("Socket errors:") {
+            result.errors += rest
+                .split(',')
+                .filter_map(|p| p.split_whitespace().last())
+                .filter_map(|n| n.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    Ok(result)
+}
+
+fn parse_wrk_time(text: &str) -> Option<f64> {
+    let text = text.trim();
+    if let Some(ms) = text.strip_suffix("ms") {
+        return ms.parse::<f64>().ok().map(|v| v / 1e3);
+    }
+    if let Some(m) = text.strip_suffix('m') {
+        return m.parse::<f64>().ok().map(|v| v * 60.0);
+    }
+    text.strip_suffix('s')?.parse().ok()
+}
+
+// ---------------------------------------------------------------------------
+// Open-loop client
+
+struct OpenLoop {
+    latencies: Vec<Duration>,
+    errors: u64,
+    late_starts: u64,
+}
+
+/// Sends requests at fixed intervals (scheduled by a std thread, which sleeps
+/// far more precisely than the tokio timer) and measures each from its
+/// scheduled time, so a slow server cannot slow the client down
+/// (no coordinated omission).
+async fn open_loop(
+    client: &reqwest::Client,
+    endpoint: &Endpoint,
+    rate: f64,
+    seconds: f64,
+) -> Result<OpenLoop> {
+    let total = (rate * seconds).round() as u64;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<Duration>>();
+    let handle = tokio::runtime::Handle::current();
+    let (client, endpoint) = (client.clone(), endpoint.clone());
+    let late = Arc::new(AtomicU64::new(0));
+    let late_in = late.clone();
+    let scheduler = std::thread::spawn(move || {
+        let start = Instant::now() + Duration::from_millis(20);
+        for i in 0..total {
+            let scheduled = start + interval.mul_f64(i as f64);
+            let now = Instant::now();
+            if scheduled > now {
+                std::thread::sleep(scheduled - now);
+            } else if now - scheduled > Duration::from_millis(1) {
+                late_in.fetch_add(1, Ordering::Relaxed);
+            }
+            let (client, endpoint, tx) = (client.clone(), endpoint.clone(), tx.clone());
+            handle.spawn(async move {
+                let sent = client
+                    .post(&endpoint.url)
+                    .header(reqwest::header::AUTHORIZATION, &endpoint.authorization)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(endpoint.body.clone())
+                    .send()
+                    .await;
+                let ok = match sent {
+                    Ok(response) if response.status().is_success() => {
+                        response.bytes().await.is_ok()
+                    }
+                    _ => false,
+                };
+                let _ = tx.send(ok.then(|| scheduled.elapsed()));
+            });
+        }
+    });
+    let mut latencies = Vec::with_capacity(total as usize);
+    let mut errors = 0;
+    for _ in 0..total {
+        match rx.recv().await {
+            Some(Some(latency)) => latencies.push(latency),
+            Some(None) => errors += 1,
+            None => break,
+        }
+    }
+    let _ = scheduler.join();
+    latencies.sort_unstable();
+    Ok(OpenLoop {
+        latencies,
+        errors,
+        late_starts: late.load(Ordering::Relaxed),
+    })
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+// ---------------------------------------------------------------------------
+// throughput (+ open-loop latency, CPU per request, ledger rows under load)
+
+pub(crate) struct ThroughputOptions {
+    pub seconds: u64,
+    pub connections: usize,
+    pub threads: usize,
+    pub latency_seconds: f64,
+    pub litellm: bool,
+    pub smoke: bool,
+    pub write_md: bool,
+}
+
+struct Row {
+    name: &'static str,
+    rps: f64,
+    requests: u64,
+    seconds: f64,
+    errors: u64,
+    cpu: Option<f64>,
+}
+
+pub(crate) async fn throughput(opts: ThroughputOptions) -> Result<Vec<SummaryRow>> {
+    let load_start = load_average();
+    let stack = Stack::start(StackOptions::default()).await?;
+    let mut children_extra = super::Children::default();
+    let (nginx, nginx_version) = start_nginx(&mut children_extra, stack.work.path(), stack.mock_port)?;
+    // nginx answers once its workers are up.
+    super::wait_ready(
+        &stack.client,
+        &format!("{nginx}/__mock/health"),
+        &mut children_extra,
+    )
+    .await?;
+    let nginx_pid = children_extra.pid("nginx").context("nginx not running")?;
+    let targets = endpoints(&stack, &nginx, None);
+    let wrk_version = super::command_line_output("sh", &["-c", "wrk -v 2>&1 | head -1"]);
+    let gateway_pid = stack.gateway_pid()?;
+    let mock_pid = stack.mock_pid()?;
+
+    // Warm up each route (connections, caches, the price table).
+    for target in &targets {
+        run_wrk(stack.work.path(), target, opts.connections, opts.threads, 1)?;
+    }
+    let litellm = if opts.litellm {
+        match super::litellm::start(&mut children_extra, &stack).await {
+            Ok(base) => Some(Endpoint {
+                name: "litellm",
+                url: format!("{base}/v1/responses"),
+                authorization: format!("Bearer {}", super::litellm::MASTER_KEY),
+                body: Bytes::from(json_body(MODEL)),
+            }),
+            Err(err) => {
+                println!("LiteLLM not measured: {err:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    println!(
+        "throughput: wrk -t{} -c{} -d{}s per route",
+        opts.threads, opts.connections, opts.seconds
+    );
+    let mut rows = Vec::new();
+    let mut ledger_rows = (0_i64, 0_i64, 0.0_f64);
+    let mut mock_cpu_per_request = 0.0;
+    let all_targets: Vec<Endpoint> = targets.iter().cloned().chain(litellm.clone()).collect();
+    for target in &all_targets {
+        let cpu_pid = match target.name {
+            "tollgate" => Some(gateway_pid),
+            "nginx" => Some(nginx_pid),
+            "direct" => Some(mock_pid),
+            _ => None,
+        };
+        let before_rows = if target.name == "tollgate" {
+            stack.ledger_count().await?
+        } else {
+            0
+        };
+        let cpu_before = cpu_pid.map(cpu_seconds);
+        let result = run_wrk(
+            stack.work.path(),
+            target,
+            opts.connections,
+            opts.threads,
+            opts.seconds,
+        )?;
+        let cpu = cpu_pid
+            .zip(cpu_before)
+            .map(|(pid, before)| (cpu_seconds(pid) - before) / result.requests.max(1) as f64);
+        if target.name == "direct" {
+            mock_cpu_per_request = cpu.unwrap_or(0.0);
+        }
+        if target.name == "tollgate" {
+            let at_end = stack.ledger_count().await?;
+            let settled = stack
+                .ledger_settled(Some(before_rows + result.requests as i64))
+                .await?;
+            ledger_rows = (at_end - before_rows, settled - before_rows, result.seconds);
+        }
+        println!(
+            "  {:<9} {:>9.0} req/s ({} requests in {:.2} s, {} errors)",
+            target.name, result.rps, result.requests, result.seconds, result.errors
+        );
+        rows.push(Row {
+            name: target.name,
+            rps: result.rps,
+            requests: result.requests,
+            seconds: result.seconds,
+            errors: result.errors,
+            cpu,
+        });
+    }
+    let rps = |name: &str| rows.iter().find(|r| r.name == name).map_or(0.0, |r| r.rps);
+    let (direct, nginx_rps, tollgate) = (rps("direct"), rps("nginx"), rps("tollgate"));
+
+    // Open-loop added latency at half of nginx's saturation rate.
+    let rate = (nginx_rps / 2.0).max(10.0);
+    println!(
+        "latency: open loop at {rate:.0} req/s for {} s per route",
+        opts.latency_seconds
+    );
+    let mut latency = Vec::new();
+    for target in &targets {
+        let result = open_loop(&stack.client, target, rate, opts.latency_seconds).await?;
+        let l = &result.latencies;
+        println!(
+            "  {:<9} p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs ({} ok, {} errors, {} late starts)",
+            target.name,
+            us(percentile(l, 0.5)),
+            us(percentile(l, 0.99)),
+            us(percentile(l, 0.999)),
+            l.len(),
+            result.errors,
+            result.late_starts
+        );
+        latency.push((target.name, result));
+    }
+    let pct = |name: &str, p: f64| {
+        latency
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(Duration::ZERO, |(_, r)| percentile(&r.latencies, p))
+    };
+    let added = |name: &str, p: f64| us(pct(name, p)) - us(pct("direct", p));
+
+    let tollgate_row = rows.iter().find(|r| r.name == "tollgate");
+    let gateway_cpu = tollgate_row.and_then(|r| r.cpu).unwrap_or(0.0);
+    let nginx_cpu = rows
+        .iter()
+        .find(|r| r.name == "nginx")
+        .and_then(|r| r.cpu)
+        .unwrap_or(0.0);
+    let ledger_rps = ledger_rows.0 as f64 / ledger_rows.2.max(1e-9);
+    children_extra.kill_all();
+    stack.stop().await?;
+
+    // Report.
+    let mut md = String::new();
+    let _ = writeln!(md, "## Non-streaming throughput and added latency\n");
+    let _ = writeln!(md, "`{}`\n", this_command());
+    let _ = writeln!(
+        md,
+        "{} nginx {nginx_version} (Debian package, `proxy_pass`, `proxy_buffering off`, keepalive upstream, `worker_processes auto`), {wrk_version}.\n",
+        machine_line(&load_start)
+    );
+    let _ = writeln!(
+        md,
+        "Saturation: `wrk -t{} -c{} -d{}s` with a Lua script POSTing a non-streaming `/v1/responses` \
+         (`mock_usage` 100/200 tokens, 8 deltas; about 1.2 KB back), one route after the other in one run, \
+         each after a 1 s warm-up. Through Tollgate every request is authenticated, priced, forwarded \
+         and written to the ledger (the rows are counted). wrk uses {} thread(s) of the 2 cores; \
+         the mock, nginx or Tollgate, and PostgreSQL share the rest.\n",
+        opts.threads, opts.connections, opts.seconds, opts.threads
+    );
+    md.push_str("| route | req/s | requests | errors | CPU µs/request (server process) | Tollgate / this |\n|---|---:|---:|---:|---:|---:|\n");
+    for row in &rows {
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {} | {} | {} | {:.2} |",
+            row.name,
+            row.rps,
+            row.requests,
+            row.errors,
+            row.cpu.map_or("-".to_owned(), |c| format!("{:.1}", c * 1e6)),
+            tollgate / row.rps.max(1e-9)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nCPU µs/request is user+system time (`/proc/<pid>/stat`) of the serving process \
+         (nginx: master + workers; direct: the mock itself) over the run, divided by requests. \
+         The Tollgate and nginx rows do not include the mock's own {:.1} µs/request.\n",
+        mock_cpu_per_request * 1e6
+    );
+    let _ = writeln!(
+        md,
+        "Ledger under that load: {} rows were in PostgreSQL by the end of the {:.1} s Tollgate run \
+         ({:.0} rows/s sustained), {} once the writer had caught up (wrk reported {} completed requests; \
+         requests cut by wrk's stop are recorded too).\n",
+        ledger_rows.0,
+        ledger_rows.2,
+        ledger_rps,
+        ledger_rows.1,
+        tollgate_row.map_or(0, |r| r.requests)
+    );
+    let _ = writeln!(
+        md,
+        "Added latency, open loop at {rate:.0} req/s (half of nginx's saturation) for {} s per route: \
+         requests are scheduled at fixed intervals by the bench's own client (reqwest, a std thread \
+         keeping time) and timed from their scheduled start, so queueing shows (no coordinated \
+         omission). The client shares the 2 cores.\n",
+        opts.latency_seconds
+    );
+    md.push_str("| route | p50 µs | p99 µs | p99.9 µs | added p50 | added p99 | added p99.9 | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for (name, result) in &latency {
+        let _ = writeln!(
+            md,
+            "| {name} | {:.0} | {:.0} | {:.0} | {:+.0} µs | {:+.0} µs | {:+.0} µs | {} |",
+            us(pct(name, 0.5)),
+            us(pct(name, 0.99)),
+            us(pct(name, 0.999)),
+            added(name, 0.5),
+            added(name, 0.99),
+            added(name, 0.999),
+            result.errors
+        );
+    }
+    if let Some(row) = rows.iter().find(|r| r.name == "litellm") {
+        let _ = writeln!(
+            md,
+            "\nLiteLLM proxy (`litellm[proxy]` in `target/litellm-venv`, 1 worker, same mock, same wrk settings): \
+             {:.0} req/s, {} errors; Tollgate / LiteLLM = {:.1}×.",
+            row.rps,
+            row.errors,
+            tollgate / row.rps.max(1e-9)
+        );
+    }
+    println!("\n{md}");
+    if opts.write_md && !opts.smoke {
+        write_section("throughput", &md)?;
+    }
+    let smoke = opts.smoke;
+    let check = |ok: bool| (!smoke).then_some(ok);
+    let mut summary = vec![
+        SummaryRow::new(
+            "throughput",
+            format!(
+                "Tollgate/nginx {:.2} ({tollgate:.0} vs {nginx_rps:.0} req/s); Tollgate/direct {:.2}",
+                tollgate / nginx_rps.max(1e-9),
+                tollgate / direct.max(1e-9)
+            ),
+            "≥ 0.8 × nginx",
+            check(tollgate >= 0.8 * nginx_rps),
+        ),
+        SummaryRow::new(
+            "added latency",
+            format!(
+                "p50 {:+.0} µs, p99 {:+.0} µs, p99.9 {:+.0} µs at {rate:.0} req/s",
+                added("tollgate", 0.5),
+                added("tollgate", 0.99),
+                added("tollgate", 0.999)
+            ),
+            "p99 ≤ +1 ms",
+            check(added("tollgate", 0.99) <= 1000.0),
+        ),
+        SummaryRow::new(
+            "CPU/request",
+            format!(
+                "Tollgate {:.1} µs, nginx {:.1} µs (user+sys)",
+                gateway_cpu * 1e6,
+                nginx_cpu * 1e6
+            ),
+            "-",
+            None,
+        ),
+        SummaryRow::new(
+            "ledger under load",
+            format!("{ledger_rps:.0} rows/s (= request rate)"),
+            "-",
+            None,
+        ),
+    ];
+    if let Some(row) = rows.iter().find(|r| r.name == "litellm") {
+        summary.push(SummaryRow::new(
+            "LiteLLM peer",
+            format!("{:.0} req/s; Tollgate/LiteLLM {:.1}×", row.rps, tollgate / row.rps.max(1e-9)),
+            "-",
+            None,
+        ));
+    }
+    Ok(summary)
+}
+
+// ---------------------------------------------------------------------------
+// streams
+
+pub(crate) struct StreamsOptions {
+    pub deltas: usize,
+    pub rounds: usize,
+    pub open: usize,
+    pub hold_secs: u64,
+    pub smoke: bool,
+    pub write_md: bool,
+}
+
+/// Events (blank-line terminated) in one whole stream, and its length.
+async fn read_stream(client: &reqwest::Client, endpoint: &Endpoint) -> Result<(u64, u64)> {
+    let response = client
+        .post(&endpoint.url)
+        .header(reqwest::header::AUTHORIZATION, &endpoint.authorization)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(endpoint.body.clone())
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        bail!("HTTP {}", response.status());
+    }
+    let mut stream = response.bytes_stream();
+    let (mut events, mut bytes, mut last) = (0_u64, 0_u64, 0_u8);
+    let mut tail = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if chunk.is_empty() {
+            continue;
+        }
+        // Count "\n\n" including one straddling two chunks.
+        if last == b'\n' && chunk[0] == b'\n' {
+            events += 1;
+        }
+        events += memchr::memmem::find_iter(&chunk, b"\n\n").count() as u64;
+        last = chunk[chunk.len() - 1];
+        bytes += chunk.len() as u64;
+        tail.clear();
+        tail.extend_from_slice(&chunk[chunk.len().saturating_sub(4096)..]);
+    }
+    if memchr::memmem::find(&tail, b"response.completed").is_none() {
+        bail!("stream did not end with response.completed");
+    }
+    Ok((events, bytes))
+}
+
+pub(crate) async fn streams(opts: StreamsOptions) -> Result<Vec<SummaryRow>> {
+    let load_start = load_average();
+    let stack = Stack::start(StackOptions {
+        raise_fds: true,
+        ..StackOptions::default()
+    })
+    .await?;
+    let mut md = String::new();
+    let _ = writeln!(md, "## Streaming: event throughput and open streams\n");
+    let _ = writeln!(md, "`{}`\n", this_command());
+    let _ = writeln!(md, "{}\n", machine_line(&load_start));
+
+    // Event throughput: large streams, one at a time, A-B-B-A.
+    let targets = endpoints(&stack, "", Some((opts.deltas, 0)));
+    let (direct, through) = (&targets[0], &targets[1]);
+    let mut totals = [(0_u64, 0_u64, Duration::ZERO); 2];
+    read_stream(&stack.client, direct).await?;
+    read_stream(&stack.client, through).await?;
+    for i in 0..opts.rounds * 2 {
+        let which = usize::from(matches!(i % 4, 1 | 2));
+        let target = if which == 0 { direct } else { through };
+        let start = Instant::now();
+        let (events, bytes) = read_stream(&stack.client, target).await?;
+        let t = &mut totals[which];
+        t.0 += events;
+        t.1 += bytes;
+        t.2 += start.elapsed();
+    }
+    let eps = |t: &(u64, u64, Duration)| t.0 as f64 / t.2.as_secs_f64().max(1e-9);
+    let mbps = |t: &(u64, u64, Duration)| t.1 as f64 / t.2.as_secs_f64().max(1e-9) / 1e6;
+    let (d_eps, t_eps) = (eps(&totals[0]), eps(&totals[1]));
+    println!(
+        "events/s: direct {d_eps:.0} ({:.0} MB/s), through {t_eps:.0} ({:.0} MB/s), ratio {:.2}",
+        mbps(&totals[0]),
+        mbps(&totals[1]),
+        t_eps / d_eps.max(1e-9)
+    );
+    let per_stream = totals[0].0 / opts.rounds.max(1) as u64;
+    let _ = writeln!(
+        md,
+        "Event throughput: {} streams per route of `mock_deltas` {} (16-byte deltas; {} events, {} bytes each), \
+         one stream at a time, direct and through Tollgate interleaved A-B-B-A. Through Tollgate each \
+         stream is tapped by the SSE scanner, metered, priced and written to the ledger.\n",
+        opts.rounds,
+        opts.deltas,
+        per_stream,
+        totals[0].1 / opts.rounds.max(1) as u64
+    );
+    md.push_str("| route | events/s | MB/s | through / direct |\n|---|---:|---:|---:|\n");
+    let _ = writeln!(md, "| direct | {d_eps:.0} | {:.1} | |", mbps(&totals[0]));
+    let _ = writeln!(
+        md,
+        "| tollgate | {t_eps:.0} | {:.1} | {:.2} |\n",
+        mbps(&totals[1]),
+        t_eps / d_eps.max(1e-9)
+    );
+
+    // Many open streams.
+    let gateway_pid = stack.gateway_pid()?;
+    let rss_before = rss_kib(gateway_pid)?;
+    let hold = opts.hold_secs.max(1);
+    let open_target = endpoints(&stack, "", Some((hold as usize, 1000)))
+        .pop()
+        .context("no gateway endpoint")?;
+    let rows_before = stack.ledger_count().await?;
+    println!(
+        "open streams: {} through Tollgate, each held {hold} s (one event per second)",
+        opts.open
+    );
+    let opened = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let opening = Arc::new(tokio::sync::Semaphore::new(256));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    // One connection per stream: a client of its own per task would be
+    // wasteful; reqwest opens a new connection when none is idle.
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()?;
+    for _ in 0..opts.open {
+        let (client, target, opened, failed, opening) = (
+            client.clone(),
+            open_target.clone(),
+            opened.clone(),
+            failed.clone(),
+            opening.clone(),
+        );
+        tasks.spawn(async move {
+            let mut permit = Some(opening.acquire_owned().await);
+            let response = client
+                .post(&target.url)
+                .header(reqwest::header::AUTHORIZATION, &target.authorization)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(target.body.clone())
+                .send()
+                .await;
+            let response = match response {
+                Ok(r) if r.status().is_success() => r,
+                _ => {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            };
+            let mut stream = response.bytes_stream();
+            // Open once the first event arrived.
+            let mut tail = Vec::new();
+            let mut counted = false;
+            while let Some(chunk) = stream.next().await {
+                let Ok(chunk) = chunk else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    if counted {
+                        opened.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    return;
+                };
+                if !counted {
+                    counted = true;
+                    opened.fetch_add(1, Ordering::Relaxed);
+                    permit.take();
+                }
+                tail.clear();
+                tail.extend_from_slice(&chunk[chunk.len().saturating_sub(4096)..]);
+            }
+            drop(permit);
+            if memchr::memmem::find(&tail, b"response.completed").is_none() {
+                failed.fetch_add(1, Ordering::Relaxed);
+            }
+            if counted {
+                opened.fetch_sub(1, Ordering::Relaxed);
+            }
+        });
+    }
+    let mut peak_open = 0;
+    let mut peak_rss = rss_before;
+    let mut rss_at_peak_open = rss_before;
+    let mut all_open_after = None;
+    let mut last_print = Instant::now();
+    while !tasks.is_empty() {
+        tokio::select! {
+            _ = tasks.join_next() => {}
+            () = tokio::time::sleep(Duration::from_millis(250)) => {
+                let now_open = opened.load(Ordering::Relaxed);
+                let rss = rss_kib(gateway_pid).unwrap_or(0);
+                peak_rss = peak_rss.max(rss);
+                if now_open >= peak_open {
+                    peak_open = now_open;
+                    rss_at_peak_open = rss_at_peak_open.max(rss);
+                }
+                if now_open >= opts.open && all_open_after.is_none() {
+                    all_open_after = Some(started.elapsed());
+                }
+                if last_print.elapsed() > Duration::from_secs(5) {
+                    last_print = Instant::now();
+                    println!("  t={:>4.0} s open {now_open:>6} failed {:>5} gateway RSS {} MiB",
+                        started.elapsed().as_secs_f64(), failed.load(Ordering::Relaxed), rss / 1024);
+                }
+            }
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    let elapsed = started.elapsed();
+    let errors = failed.load(Ordering::Relaxed);
+    let rss_after = rss_kib(gateway_pid).unwrap_or(0);
+    let rows = stack
+        .ledger_settled(Some(rows_before + opts.open as i64))
+        .await?
+        - rows_before;
+    stack.stop().await?;
+    let per_stream_kib = (rss_at_peak_open.saturating_sub(rss_before)) as f64 / peak_open.max(1) as f64;
+    println!(
+        "open streams: peak {peak_open} open, {errors} errors, RSS {} → {} KiB ({per_stream_kib:.1} KiB/stream), ledger rows {rows}",
+        rss_before, rss_at_peak_open
+    );
+    let _ = writeln!(
+        md,
+        "Open streams: {} streaming requests through Tollgate, one connection each (opened at most 256 \
+         at a time), each stream held {hold} s by the mock (`mock_deltas` {hold}, `mock_delay_ms` 1000: \
+         one event per second). Gateway and mock run with `ulimit -n 65536` (`sh -c 'ulimit -n 65536; exec …'`). \
+         RSS is `VmRSS` of `tollgate serve` from `/proc/<pid>/status`; per stream = (RSS with the most streams \
+         open − RSS before) / streams open.\n",
+        opts.open
+    );
+    md.push_str("| streams | peak open at once | all open after | errors | ledger rows | gateway RSS before | at peak | after | RSS per open stream |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    let _ = writeln!(
+        md,
+        "| {} | {peak_open} | {} | {errors} | {rows} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {per_stream_kib:.1} KiB |",
+        opts.open,
+        all_open_after.map_or("never".to_owned(), |d| format!("{:.1} s", d.as_secs_f64())),
+        rss_before as f64 / 1024.0,
+        rss_at_peak_open as f64 / 1024.0,
+        rss_after as f64 / 1024.0,
+    );
+    let _ = writeln!(
+        md,
+        "\nThe whole open-streams phase took {:.1} s; peak gateway RSS at any sample {:.1} MiB.",
+        elapsed.as_secs_f64(),
+        peak_rss as f64 / 1024.0
+    );
+    println!("\n{md}");
+    if opts.write_md && !opts.smoke {
+        write_section("streams", &md)?;
+    }
+    let check = |ok: bool| (!opts.smoke).then_some(ok);
+    Ok(vec![
+        SummaryRow::new(
+            "stream events/s",
+            format!("Tollgate/direct {:.2} ({t_eps:.0} vs {d_eps:.0} events/s)", t_eps / d_eps.max(1e-9)),
+            "≥ 0.9 × direct",
+            check(t_eps >= 0.9 * d_eps),
+        ),
+        SummaryRow::new(
+            "open streams",
+            format!(
+                "{peak_open}/{} open for {hold} s, {errors} errors, {per_stream_kib:.1} KiB/stream",
+                opts.open
+            ),
+            "10,000 × 60 s, 0 errors, ≤ 32 KiB",
+            check(
+                peak_open >= 10_000 && hold >= 60 && errors == 0 && per_stream_kib <= 32.0,
+            ),
+        ),
+    ])
+}
+
+// ---------------------------------------------------------------------------
+// ledger
+
+pub(crate) struct LedgerOptions {
+    pub rows: usize,
+    pub batch_max: usize,
+    pub backlog_rate: usize,
+    pub backlog_secs: u64,
+    pub lock_secs: u64,
+    pub smoke: bool,
+    pub write_md: bool,
+}
+
+fn synthetic_row(i: usize) -> tollgate::ledger::LedgerRow {
+    let now = chrono::Utc::now();
+    tollgate::ledger::LedgerRow {
+        id: None,
+        request_id: format!("req_bench_{i:012}"),
+        response_id: Some(format!("resp_bench_{i:012}")),
+        tenant: "bench".to_owned(),
+        api_key_id: "key_bench".to_owned(),
+        endpoint: "responses".to_owned(),
+        model: Some(MODEL.to_owned()),
+        upstream: Some("default".to_owned()),
+        upstream_model: Some(MODEL.to_owned()),
+        stream: i % 2 == 0,
+        status: "completed".to_owned(),
+        usage_source: "reported".to_owned(),
+        input_tokens: 100,
+        cached_tokens: 0,
+        output_tokens: 200,
+        reasoning_tokens: 0,
+        total_tokens: 300,
+        service_tier: Some("default".to_owned()),
+        price_id: None,
+        cost: Some(rust_decimal::Decimal::new(12345, 8)),
+        unpriced_reason: None,
+        currency: "usd".to_owned(),
+        http_status: Some(200),
+        error_code: None,
+        attempts: 1,
+        fallback_from: None,
+        end_user: None,
+        client_disconnected: false,
+        mcp_calls: 0,
+        started_at: now,
+        first_byte_at: Some(now),
+        finished_at: now,
+    }
+}
+
+pub(crate) async fn ledger(opts: LedgerOptions) -> Result<Vec<SummaryRow>> {
+    let load_start = load_average();
+    let stack = Stack::start(StackOptions {
+        no_gateway: true,
+        ..StackOptions::default()
+    })
+    .await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&stack.db.url)
+        .await?;
+    tollgate::app::migrate(&pool).await?;
+    let spool = tollgate::ledger::spool::Spool::open(&stack.work.path().join("spool"))?;
+    let (handle, writer) = tollgate::ledger::spawn_writer(pool.clone(), spool, opts.batch_max);
+
+    // Alone: N rows as fast as they can be recorded, then a flush.
+    let rows: Vec<_> = (0..opts.rows).map(synthetic_row).collect();
+    let start = Instant::now();
+    for row in rows {
+        handle.record(row);
+    }
+    handle.flush().await;
+    let alone = start.elapsed();
+    let count = stack.ledger_count().await?;
+    let alone_rps = opts.rows as f64 / alone.as_secs_f64().max(1e-9);
+    println!(
+        "ledger alone: {} rows in {:.2} s = {alone_rps:.0} rows/s (count {count})",
+        opts.rows,
+        alone.as_secs_f64()
+    );
+    if count != opts.rows as i64 {
+        bail!("ledger alone: {count} rows stored, {} recorded", opts.rows);
+    }
+
+    // Backlog: steady traffic while another connection holds ACCESS EXCLUSIVE.
+    let total = opts.backlog_rate * opts.backlog_secs as usize;
+    let lock_at = Duration::from_secs(1);
+    let lock_for = Duration::from_secs(opts.lock_secs);
+    let db_url = stack.db.url.clone();
+    let locker = tokio::spawn(async move {
+        tokio::time::sleep(lock_at).await;
+        let mut conn = sqlx::PgConnection::connect(&db_url).await?;
+        let mut tx = conn.begin().await?;
+        sqlx::query("LOCK TABLE usage_ledger IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+        let locked = Instant::now();
+        tokio::time::sleep(lock_for).await;
+        tx.commit().await?;
+        let _ = conn.close().await;
+        Ok::<_, anyhow::Error>(locked)
+    });
+    let start = Instant::now();
+    let tick = Duration::from_millis(10);
+    let per_tick = (opts.backlog_rate / 100).max(1);
+    let mut recorded = 0;
+    let mut samples: Vec<(Duration, u64, u64)> = Vec::new();
+    let stats = handle.stats();
+    while recorded < total {
+        let n = per_tick.min(total - recorded);
+        for i in 0..n {
+            handle.record(synthetic_row(opts.rows + recorded + i));
+        }
+        recorded += n;
+        samples.push((
+            start.elapsed(),
+            stats.queued.load(Ordering::Relaxed),
+            stats.spooled.load(Ordering::Relaxed),
+        ));
+        let next = start + tick * (samples.len() as u32);
+        tokio::time::sleep_until(next.into()).await;
+    }
+    let recording_done = start.elapsed();
+    let locked_at = locker.await.context("locker panicked")??;
+    while stats.queued.load(Ordering::Relaxed) > 0 || stats.spooled.load(Ordering::Relaxed) > 0 {
+        samples.push((
+            start.elapsed(),
+            stats.queued.load(Ordering::Relaxed),
+            stats.spooled.load(Ordering::Relaxed),
+        ));
+        if start.elapsed() > Duration::from_secs(120) {
+            bail!("backlog did not drain within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    handle.flush().await;
+    let drained = start.elapsed();
+    let unlocked = (locked_at + lock_for).saturating_duration_since(start);
+    let peak = samples.iter().map(|s| s.1).max().unwrap_or(0);
+    let peak_spooled = samples.iter().map(|s| s.2).max().unwrap_or(0);
+    let stored = stack.ledger_count().await? - opts.rows as i64;
+    let lost = total as i64 - stored;
+    let write_errors = stats.write_errors.load(Ordering::Relaxed);
+    println!(
+        "backlog: {total} rows at {} rows/s, table locked {} s from t={:.1} s: peak queue {peak}, \
+         spooled peak {peak_spooled}, drained at t={:.2} s ({:.2} s after unlock); stored {stored}, lost {lost}",
+        opts.backlog_rate,
+        opts.lock_secs,
+        locked_at.saturating_duration_since(start).as_secs_f64(),
+        drained.as_secs_f64(),
+        drained.saturating_sub(unlocked).as_secs_f64()
+    );
+    handle.close();
+    drop(handle);
+    let _ = writer.await;
+    pool.close().await;
+    stack.stop().await?;
+
+    let mut md = String::new();
+    let _ = writeln!(md, "## Ledger: rows per second into PostgreSQL\n");
+    let _ = writeln!(md, "`{}`\n", this_command());
+    let _ = writeln!(md, "{}\n", machine_line(&load_start));
+    let _ = writeln!(
+        md,
+        "The batched writer alone (`tollgate::ledger::spawn_writer`, batch_max {}, one \
+         `INSERT … SELECT FROM UNNEST … ON CONFLICT DO NOTHING` per batch, with the reports rollup \
+         trigger and the ledger's indexes in place) fed {} synthetic rows as fast as the harness can \
+         call `record`, timed until `flush` returned; the row count is checked.\n",
+        opts.batch_max, opts.rows
+    );
+    md.push_str("| measure | figure |\n|---|---:|\n");
+    let _ = writeln!(md, "| rows/s, writer alone | {alone_rps:.0} |");
+    let _ = writeln!(
+        md,
+        "| backlog: rows recorded | {total} at {} rows/s over {:.1} s |",
+        opts.backlog_rate,
+        recording_done.as_secs_f64()
+    );
+    let _ = writeln!(
+        md,
+        "| backlog: ACCESS EXCLUSIVE lock held | {} s, from t = {:.1} s |",
+        opts.lock_secs,
+        locked_at.saturating_duration_since(start).as_secs_f64()
+    );
+    let _ = writeln!(md, "| backlog: peak queue (rows in memory) | {peak} |");
+    let _ = writeln!(md, "| backlog: rows spooled to disk | {peak_spooled} |");
+    let _ = writeln!(
+        md,
+        "| backlog: drained after unlock | {:.2} s |",
+        drained.saturating_sub(unlocked).as_secs_f64()
+    );
+    let _ = writeln!(md, "| backlog: write errors | {write_errors} |");
+    let _ = writeln!(md, "| backlog: rows lost (recorded − counted) | {lost} |");
+    let _ = writeln!(
+        md,
+        "\nWhile the table is locked, the writer's INSERT waits on the lock (it does not fail, so \
+         nothing is spooled); `record` never blocks, rows queue in memory (`queued` on `/readyz`), \
+         and the queue drains in large batches once the lock is released. The rows/s under proxy \
+         load are in the throughput section (they equal the request rate: the writer keeps up)."
+    );
+    println!("\n{md}");
+    if opts.write_md && !opts.smoke {
+        write_section("ledger", &md)?;
+    }
+    if lost != 0 {
+        bail!("ledger backlog lost {lost} rows");
+    }
+    let check = |ok: bool| (!opts.smoke).then_some(ok);
+    Ok(vec![
+        SummaryRow::new(
+            "ledger writer alone",
+            format!("{alone_rps:.0} rows/s"),
+            "≥ 20,000 rows/s",
+            check(alone_rps >= 20_000.0),
+        ),
+        SummaryRow::new(
+            "ledger backlog",
+            format!(
+                "peak queue {peak}, drained {:.2} s after unlock, {lost} lost",
+                drained.saturating_sub(unlocked).as_secs_f64()
+            ),
+            "0 lost",
+            check(lost == 0),
+        ),
+    ])
+}
+
+// ---------------------------------------------------------------------------
+// callgrind
+
+pub(crate) struct CallgrindOptions {
+    pub requests: usize,
+    pub smoke: bool,
+    pub write_md: bool,
+}
+
+/// Total instructions (Ir) of `tollgate serve` under callgrind after `requests`
+/// sequential non-streaming requests, then SIGTERM.
+async fn callgrind_run(requests: usize) -> Result<(u64, Duration)> {
+    ensure_tool("valgrind", "valgrind")?;
+    let out_dir = tempfile::tempdir()?;
+    let out = out_dir.path().join("callgrind.out");
+    let mut stack = Stack::start(StackOptions {
+        gateway_wrapper: vec![
+            "valgrind".to_owned(),
+            "--tool=callgrind".to_owned(),
+            format!("--callgrind-out-file={}", out.display()),
+        ],
+        ..StackOptions::default()
+    })
+    .await?;
+    let target = endpoints(&stack, "", None)
+        .pop()
+        .context("no gateway endpoint")?;
+    let start = Instant::now();
+    for i in 0..requests {
+        let response = stack
+            .client
+            .post(&target.url)
+            .header(reqwest::header::AUTHORIZATION, &target.authorization)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(target.body.clone())
+            .send()
+            .await
+            .with_context(|| format!("request {i}"))?;
+        if !response.status().is_success() {
+            bail!("request {i}: HTTP {}", response.status());
+        }
+        response.bytes().await?;
+    }
+    let elapsed = start.elapsed();
+    stack.ledger_settled(Some(requests as i64)).await?;
+    stack
+        .children
+        .terminate("tollgate serve", Duration::from_secs(120))?;
+    stack.stop().await?;
+    let text = std::fs::read_to_string(&out)
+        .with_context(|| format!("callgrind wrote no {}", out.display()))?;
+    let total = text
+        .lines()
+        .find_map(|l| l.strip_prefix("totals:").or_else(|| l.strip_prefix("summary:")))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no totals line in the callgrind output")?;
+    Ok((total, elapsed))
+}
+
+pub(crate) async fn callgrind(opts: CallgrindOptions) -> Result<Vec<SummaryRow>> {
+    let load_start = load_average();
+    println!("callgrind: gateway under valgrind, 0 requests");
+    let (idle, _) = callgrind_run(0).await?;
+    println!("callgrind: gateway under valgrind, {} requests", opts.requests);
+    let (busy, elapsed) = callgrind_run(opts.requests).await?;
+    let per_request = busy.saturating_sub(idle) as f64 / opts.requests.max(1) as f64;
+    let with_startup = busy as f64 / opts.requests.max(1) as f64;
+    println!(
+        "callgrind: {busy} Ir with {} requests, {idle} Ir with none: {per_request:.0} Ir/request \
+         ({with_startup:.0} including startup); requests took {:.1} s under valgrind",
+        opts.requests,
+        elapsed.as_secs_f64()
+    );
+    let mut md = String::new();
+    let _ = writeln!(md, "## Instructions per proxied request (callgrind)\n");
+    let _ = writeln!(md, "`{}`\n", this_command());
+    let _ = writeln!(
+        md,
+        "{} {}.\n",
+        machine_line(&load_start),
+        super::command_line_output("valgrind", &["--version"])
+    );
+    let _ = writeln!(
+        md,
+        "`tollgate serve` (ledger on) run under `valgrind --tool=callgrind`, sent {} sequential \
+         non-streaming requests (the throughput body), waited for their ledger rows, then stopped \
+         with SIGTERM; the same with 0 requests gives startup + shutdown. Instruction counts do not \
+         depend on the machine's load, so this is the figure to watch for regressions. The idle run \
+         is shorter, so its background timers (price reload, reconciler) tick less; the difference \
+         is small next to {} requests.\n",
+        opts.requests, opts.requests
+    );
+    md.push_str("| run | Ir (instructions) |\n|---|---:|\n");
+    let _ = writeln!(md, "| 0 requests (startup + shutdown) | {idle} |");
+    let _ = writeln!(md, "| {} requests | {busy} |", opts.requests);
+    let _ = writeln!(md, "| **per request** (difference / requests) | **{per_request:.0}** |");
+    let _ = writeln!(md, "| per request including startup | {with_startup:.0} |");
+    println!("\n{md}");
+    if opts.write_md && !opts.smoke {
+        write_section("callgrind", &md)?;
+    }
+    Ok(vec![SummaryRow::new(
+        "instructions/request",
+        format!("{per_request:.0} Ir (callgrind; {with_startup:.0} with startup)"),
+        "-",
+        None,
+    )])
+}
