@@ -51,6 +51,13 @@ use clap::{Args, Parser, Subcommand};
 use futures_util::StreamExt;
 use sqlx::Connection;
 
+#[path = "bench/litellm.rs"]
+mod litellm;
+#[path = "bench/scenarios.rs"]
+mod scenarios;
+#[path = "bench/stack.rs"]
+mod stack;
+
 const DEFAULT_BASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const ADMIN_TOKEN: &str = "bench-admin";
 const UPSTREAM_KEY: &str = "bench";
@@ -78,6 +85,114 @@ struct Cli {
 enum BenchCommand {
     /// Time to first byte of streaming responses, direct vs through Tollgate.
     Ttfb(TtfbArgs),
+    /// Non-streaming saturation (wrk) direct / nginx / Tollgate, open-loop
+    /// added latency at half nginx's rate, CPU per request, ledger rows/s.
+    Throughput(ThroughputArgs),
+    /// Event throughput of large streams; many streams held open.
+    Streams(StreamsArgs),
+    /// The batched ledger writer alone, and its backlog behind a locked table.
+    Ledger(LedgerArgs),
+    /// Instructions per proxied request under valgrind --tool=callgrind.
+    Callgrind(CallgrindArgs),
+    /// Everything above, then one table.
+    All(AllArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+struct CommonArgs {
+    /// Run very briefly, only to check that the scenario works end to end (CI).
+    #[arg(long)]
+    smoke: bool,
+    /// Write the figures into BENCHMARKS.md (between this scenario's markers).
+    #[arg(long)]
+    write_md: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+struct ThroughputArgs {
+    /// Seconds of wrk per route.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// wrk connections.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// wrk threads (each takes a share of the 2 cores).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Seconds of open-loop load per route for the added latency.
+    #[arg(long, default_value_t = 10.0)]
+    latency_seconds: f64,
+    /// Add LiteLLM's proxy as a peer row (installs it into target/litellm-venv).
+    #[arg(long)]
+    litellm: bool,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+struct StreamsArgs {
+    /// Deltas per stream for the event-throughput measure.
+    #[arg(long, default_value_t = 2000)]
+    deltas: usize,
+    /// Streams per route for the event-throughput measure.
+    #[arg(long, default_value_t = 20)]
+    rounds: usize,
+    /// Streams held open at once through Tollgate.
+    #[arg(long, default_value_t = 10_000)]
+    open: usize,
+    /// How long each open stream lasts, in seconds.
+    #[arg(long, default_value_t = 60)]
+    hold_secs: u64,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+struct LedgerArgs {
+    /// Rows for the writer-alone measure.
+    #[arg(long, default_value_t = 200_000)]
+    rows: usize,
+    /// The writer's batch_max (the shipped default is 1000).
+    #[arg(long, default_value_t = 1000)]
+    batch_max: usize,
+    /// Rows per second recorded during the backlog measure.
+    #[arg(long, default_value_t = 10_000)]
+    backlog_rate: usize,
+    /// Seconds of recording during the backlog measure.
+    #[arg(long, default_value_t = 8)]
+    backlog_secs: u64,
+    /// Seconds the table stays locked (from t = 1 s).
+    #[arg(long, default_value_t = 4)]
+    lock_secs: u64,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+struct CallgrindArgs {
+    /// Requests sent to the gateway under callgrind.
+    #[arg(long, default_value_t = 2000)]
+    requests: usize,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+struct AllArgs {
+    /// Streams held open (the target is 10,000).
+    #[arg(long, default_value_t = 10_000)]
+    open: usize,
+    /// Seconds each open stream lasts (the target is 60).
+    #[arg(long, default_value_t = 60)]
+    hold_secs: u64,
+    /// Skip the callgrind run (slow).
+    #[arg(long)]
+    no_callgrind: bool,
+    /// Add LiteLLM's proxy as a peer row in the throughput run.
+    #[arg(long)]
+    litellm: bool,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -130,9 +245,139 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    match cli.command {
-        BenchCommand::Ttfb(args) => ttfb(args).await,
+    let rows = match cli.command {
+        BenchCommand::Ttfb(args) => ttfb(args).await?,
+        BenchCommand::Throughput(args) => throughput(args).await?,
+        BenchCommand::Streams(args) => streams(args).await?,
+        BenchCommand::Ledger(args) => ledger(args).await?,
+        BenchCommand::Callgrind(args) => callgrind(args).await?,
+        BenchCommand::All(args) => all(args).await?,
+    };
+    println!("\n{}", stack::summary_table(&rows));
+    Ok(())
+}
+
+async fn throughput(args: ThroughputArgs) -> Result<Vec<stack::SummaryRow>> {
+    let smoke = args.common.smoke;
+    scenarios::throughput(scenarios::ThroughputOptions {
+        seconds: if smoke { 1 } else { args.seconds },
+        connections: args.connections,
+        threads: args.threads,
+        latency_seconds: if smoke { 0.5 } else { args.latency_seconds },
+        litellm: args.litellm,
+        smoke,
+        write_md: args.common.write_md,
+    })
+    .await
+}
+
+async fn streams(args: StreamsArgs) -> Result<Vec<stack::SummaryRow>> {
+    let smoke = args.common.smoke;
+    scenarios::streams(scenarios::StreamsOptions {
+        deltas: if smoke { 200 } else { args.deltas },
+        rounds: if smoke { 2 } else { args.rounds },
+        open: if smoke { 50 } else { args.open },
+        hold_secs: if smoke { 2 } else { args.hold_secs },
+        smoke,
+        write_md: args.common.write_md,
+    })
+    .await
+}
+
+async fn ledger(args: LedgerArgs) -> Result<Vec<stack::SummaryRow>> {
+    let smoke = args.common.smoke;
+    scenarios::ledger(scenarios::LedgerOptions {
+        rows: if smoke { 2_000 } else { args.rows },
+        batch_max: args.batch_max,
+        backlog_rate: if smoke { 1_000 } else { args.backlog_rate },
+        backlog_secs: if smoke { 3 } else { args.backlog_secs },
+        lock_secs: if smoke { 1 } else { args.lock_secs },
+        smoke,
+        write_md: args.common.write_md,
+    })
+    .await
+}
+
+async fn callgrind(args: CallgrindArgs) -> Result<Vec<stack::SummaryRow>> {
+    let smoke = args.common.smoke;
+    scenarios::callgrind(scenarios::CallgrindOptions {
+        requests: if smoke { 10 } else { args.requests },
+        smoke,
+        write_md: args.common.write_md,
+    })
+    .await
+}
+
+/// Every scenario in turn (each with its own database and processes).
+async fn all(args: AllArgs) -> Result<Vec<stack::SummaryRow>> {
+    let common = args.common.clone();
+    let mut rows = ttfb(TtfbArgs {
+        requests: if common.smoke { 40 } else { 400 },
+        concurrency: 1,
+        warmup: if common.smoke { 4 } else { 20 },
+        delay_ms: 0,
+        write_md: common.write_md && !common.smoke,
+    })
+    .await?;
+    rows.extend(
+        throughput(ThroughputArgs {
+            seconds: 10,
+            connections: 64,
+            threads: 1,
+            latency_seconds: 10.0,
+            litellm: args.litellm,
+            common: common.clone(),
+        })
+        .await?,
+    );
+    rows.extend(
+        streams(StreamsArgs {
+            deltas: 2000,
+            rounds: 20,
+            open: args.open,
+            hold_secs: args.hold_secs,
+            common: common.clone(),
+        })
+        .await?,
+    );
+    rows.extend(
+        ledger(LedgerArgs {
+            rows: 200_000,
+            batch_max: 1000,
+            backlog_rate: 10_000,
+            backlog_secs: 8,
+            lock_secs: 4,
+            common: common.clone(),
+        })
+        .await?,
+    );
+    if !args.no_callgrind {
+        rows.extend(
+            callgrind(CallgrindArgs {
+                requests: 2000,
+                common: common.clone(),
+            })
+            .await?,
+        );
     }
+    rows.push(stack::SummaryRow::new(
+        "SSE scanner, pricing",
+        "see `cargo bench --bench sse` / `--bench pricing` (criterion, not run by `all`)".to_owned(),
+        "≥ 1 GB/s; ≤ 1 µs",
+        None,
+    ));
+    let table = stack::summary_table(&rows);
+    if common.write_md && !common.smoke {
+        stack::write_section(
+            "summary",
+            &format!(
+                "## Summary of the last `all` run\n\n`{}`\n\n{}\n{table}",
+                stack::this_command(),
+                stack::machine_line(&load_average())
+            ),
+        )?;
+    }
+    Ok(rows)
 }
 
 // ---------------------------------------------------------------------------
@@ -297,6 +542,38 @@ impl Children {
             .spawn()
             .with_context(|| format!("cannot start {name}"))?;
         self.procs.push((name.to_owned(), child, log));
+        Ok(())
+    }
+
+    /// Process id of the named child (`sh -c … exec` keeps the id).
+    fn pid(&self, name: &str) -> Option<u32> {
+        self.procs
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, child, _)| child.id())
+    }
+
+    /// SIGTERM to the named child, then waits for it to exit (callgrind
+    /// writes its profile on a clean exit only).
+    fn terminate(&mut self, name: &str, timeout: Duration) -> Result<()> {
+        let Some(index) = self.procs.iter().position(|(n, _, _)| n == name) else {
+            bail!("{name} is not running");
+        };
+        let (_, mut child, _) = self.procs.remove(index);
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM {name} failed");
+        }
+        let deadline = Instant::now() + timeout;
+        while child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("{name} did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         Ok(())
     }
 
@@ -1007,7 +1284,7 @@ async fn ttfb(args: TtfbArgs) -> Result<Vec<stack::SummaryRow>> {
         bail!("--concurrency must be at least 1");
     }
     let load_start = load_average();
-    let stack = stack::Stack::start(stack::StackOptions::default()).await?;
+    let mut stack = stack::Stack::start(stack::StackOptions::default()).await?;
     let (root, client) = (stack.root.clone(), stack.client.clone());
     let (mock_base, gateway_base, key) = (
         stack.mock_base.clone(),
@@ -1049,7 +1326,7 @@ async fn ttfb(args: TtfbArgs) -> Result<Vec<stack::SummaryRow>> {
         .filter(|s| !s.completed)
         .count();
     if incomplete > 0 {
-        children.check_alive()?;
+        stack.children.check_alive()?;
         bail!("{incomplete} responses did not end with a response.completed event");
     }
     let ledger = check_ledger(
@@ -1099,5 +1376,26 @@ async fn ttfb(args: TtfbArgs) -> Result<Vec<stack::SummaryRow>> {
         write_markdown(&path, &block, &block_key(&args))?;
         println!("wrote {}", path.display());
     }
-    Ok(())
+    let pick = |route: Route| {
+        summarize(
+            samples
+                .iter()
+                .filter(|s| s.route == route)
+                .map(|s| s.first_byte)
+                .collect(),
+        )
+    };
+    let (d, t) = (pick(Route::Direct), pick(Route::Through));
+    let added = |t: Duration, d: Duration| t.as_secs_f64() * 1e6 - d.as_secs_f64() * 1e6;
+    Ok(vec![stack::SummaryRow::new(
+        "stream TTFB added",
+        format!(
+            "p50 {:+.0} µs, p99 {:+.0} µs (concurrency {})",
+            added(t.p50, d.p50),
+            added(t.p99, d.p99),
+            args.concurrency
+        ),
+        "p99 ≤ +1 ms",
+        Some(added(t.p99, d.p99) <= 1000.0),
+    )])
 }
