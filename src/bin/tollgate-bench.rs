@@ -362,7 +362,8 @@ async fn all(args: AllArgs) -> Result<Vec<stack::SummaryRow>> {
     }
     rows.push(stack::SummaryRow::new(
         "SSE scanner, pricing",
-        "see `cargo bench --bench sse` / `--bench pricing` (criterion, not run by `all`)".to_owned(),
+        "see `cargo bench --bench sse` / `--bench pricing` (criterion, not run by `all`)"
+            .to_owned(),
         "≥ 1 GB/s; ≤ 1 µs",
         None,
     ));
@@ -409,23 +410,24 @@ fn tollgate_binary() -> Result<PathBuf> {
         );
     }
     // `cargo run --bin tollgate-bench` rebuilds the library (deps/) without
-    // relinking `tollgate`; measuring that stale binary would mislead.
+    // relinking `tollgate`; measuring that stale binary would mislead. The
+    // binary's dep-info (`tollgate.d`) names every source file it was built
+    // from: any of them newer than the binary means it is stale. (Comparing
+    // with `deps/libtollgate-*.rlib` misfires when `cargo bench` or another
+    // profile leaves an rlib of its own there.)
     let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    let newest_lib = std::fs::read_dir(dir.join("deps"))
-        .into_iter()
-        .flatten()
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| {
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libtollgate-") && n.ends_with(".rlib"))
-        })
-        .filter_map(|path| modified(&path))
-        .max();
-    if let (Some(lib), Some(bin_time)) = (newest_lib, modified(&bin)) {
-        if lib > bin_time {
+    let newest_source = std::fs::read_to_string(dir.join("tollgate.d"))
+        .ok()
+        .and_then(|text| {
+            let (_, deps) = text.lines().next()?.split_once(": ")?;
+            deps.split_whitespace()
+                .filter_map(|p| modified(Path::new(p)))
+                .max()
+        });
+    if let (Some(source), Some(bin_time)) = (newest_source, modified(&bin)) {
+        if source > bin_time {
             bail!(
-                "{} is older than the library it is built from; run `cargo build --release --bins` first",
+                "{} is older than its sources; run `cargo build --release --bins` first",
                 bin.display()
             );
         }
@@ -588,6 +590,11 @@ impl Children {
     }
 
     fn kill_all(&mut self) {
+        // nginx's workers outlive a SIGKILLed master: SIGTERM makes the
+        // master stop them.
+        if self.pid("nginx").is_some() {
+            let _ = self.terminate("nginx", Duration::from_secs(5));
+        }
         while let Some((_, mut child, _)) = self.procs.pop() {
             let _ = child.kill();
             let _ = child.wait();
@@ -1090,20 +1097,23 @@ A PostgreSQL server where you may create databases
 cargo build --release --bins
 cargo run --release --bin tollgate-bench -- ttfb --requests 400
 cargo run --release --bin tollgate-bench -- ttfb --requests 400 --concurrency 16
+cargo run --release --bin tollgate-bench -- throughput --litellm   # wrk: direct / nginx / Tollgate (/ LiteLLM)
+cargo run --release --bin tollgate-bench -- streams                # events/s; 10,000 streams held 60 s
+cargo run --release --bin tollgate-bench -- ledger                 # writer alone; backlog behind a lock
+cargo run --release --bin tollgate-bench -- callgrind              # instructions per request
+cargo run --release --bin tollgate-bench -- all [--litellm]        # all of the above, one table
+cargo run --release --bin tollgate-bench -- all --smoke            # seconds-long end-to-end check (CI)
+cargo bench --bench sse
+cargo bench --bench pricing
 ```
+
+The bench installs what it needs from Debian when missing (`apt-get install -y
+nginx wrk valgrind`) and LiteLLM into `target/litellm-venv` (`--litellm`).
 
 The bench creates and drops its own database (`tollgate_bench_<pid>`), starts
 `tollgate mock-upstream` and `tollgate serve` on free loopback ports, imports
 `config/prices.json`, creates a key, and stops everything at the end.
 `--write-md` replaces that run's block in the section below.
-
-## Not measured yet
-
-Planned, with no figures so far; nothing in this file is a claim about them:
-
-- throughput compared with nginx as a plain reverse proxy;
-- 10,000 concurrent streams;
-- ledger rows written per second.
 
 ";
 

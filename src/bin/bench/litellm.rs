@@ -64,15 +64,26 @@ pub(crate) async fn start(children: &mut Children, stack: &Stack) -> Result<Stri
     command
         .arg("--config")
         .arg(&config)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--num_workers", "1"])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--num_workers",
+            "1",
+        ])
         .env_remove("DATABASE_URL")
         .env("LITELLM_LOG", "ERROR")
         .current_dir(&dir);
     children.spawn("litellm", command, dir.join("litellm.log"))?;
     let base = format!("http://127.0.0.1:{port}");
-    super::wait_ready(&stack.client, &format!("{base}/health/liveliness"), children)
-        .await
-        .context("LiteLLM did not become ready")?;
+    super::wait_ready(
+        &stack.client,
+        &format!("{base}/health/liveliness"),
+        children,
+    )
+    .await
+    .context("LiteLLM did not become ready")?;
     // One real request, so that a route that cannot work fails here.
     let response = stack
         .client
@@ -85,7 +96,10 @@ pub(crate) async fn start(children: &mut Children, stack: &Stack) -> Result<Stri
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
     if !status.is_success() {
-        bail!("LiteLLM /v1/responses answered {status}: {}", text.chars().take(400).collect::<String>());
+        bail!(
+            "LiteLLM /v1/responses answered {status}: {}",
+            text.chars().take(400).collect::<String>()
+        );
     }
     Ok(base)
 }

@@ -32,7 +32,6 @@ pub(crate) struct Stack {
     pub children: Children,
     pub db: Database,
     pub work: tempfile::TempDir,
-    pub bin: PathBuf,
     pub root: PathBuf,
     pub client: reqwest::Client,
     pub mock_port: u16,
@@ -171,7 +170,6 @@ impl Stack {
             children,
             db,
             work,
-            bin,
             root,
             client,
             mock_port,
@@ -208,8 +206,7 @@ impl Stack {
         let mut last = -1;
         loop {
             let count = self.ledger_count().await?;
-            if expected.is_some_and(|e| count >= e) || count == last || Instant::now() > deadline
-            {
+            if expected.is_some_and(|e| count >= e) || count == last || Instant::now() > deadline {
                 return Ok(count);
             }
             last = count;
@@ -442,11 +439,9 @@ pub(crate) fn write_section(key: &str, body: &str) -> Result<()> {
     let end = format!("<!-- {key}:end -->");
     let block = format!("{begin}\n{}\n{end}", body.trim_end());
     let out = match (existing.find(&begin), existing.find(&end)) {
-        (Some(b), Some(e)) if b < e => format!(
-            "{}{block}{}",
-            &existing[..b],
-            &existing[e + end.len()..]
-        ),
+        (Some(b), Some(e)) if b < e => {
+            format!("{}{block}{}", &existing[..b], &existing[e + end.len()..])
+        }
         (None, None) => {
             let mut out = existing.trim_end().to_owned();
             out.push_str("\n\n");
