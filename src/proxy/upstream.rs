@@ -32,6 +32,9 @@ impl Upstream {
             // Long SSE streams on one HTTP/2 connection hit the server's
             // concurrent-stream limit; HTTP/1.1 with a pool scales instead.
             .http1_only()
+            // A redirect is the upstream's answer to pass on, not to follow:
+            // following it would send the credential wherever it points.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Self {
             name: config.name.clone(),
