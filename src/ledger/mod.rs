@@ -144,3 +144,42 @@ fn serialize_cost<S: serde::Serializer>(cost: &Option<Decimal>, s: S) -> Result<
         None => s.serialize_none(),
     }
 }
+
+/// A plausible completed row, for unit tests across the crate.
+#[cfg(test)]
+pub(crate) fn sample_row(request_id: &str) -> LedgerRow {
+    LedgerRow {
+        id: None,
+        request_id: request_id.into(),
+        response_id: Some("resp_1".into()),
+        tenant: "acme".into(),
+        api_key_id: "k1".into(),
+        endpoint: "responses.create".into(),
+        model: Some("gpt-5".into()),
+        upstream: Some("default".into()),
+        upstream_model: Some("gpt-5-2025-08-07".into()),
+        stream: true,
+        status: "completed".into(),
+        usage_source: "reported".into(),
+        input_tokens: 10,
+        cached_tokens: 2,
+        output_tokens: 5,
+        reasoning_tokens: 1,
+        total_tokens: 15,
+        service_tier: Some("default".into()),
+        price_id: None,
+        cost: Some(Decimal::new(123_456_789, 13)),
+        unpriced_reason: None,
+        currency: "usd".into(),
+        http_status: Some(200),
+        error_code: None,
+        attempts: 1,
+        fallback_from: None,
+        end_user: None,
+        client_disconnected: false,
+        mcp_calls: 0,
+        started_at: chrono::Utc::now(),
+        first_byte_at: None,
+        finished_at: chrono::Utc::now(),
+    }
+}

@@ -135,44 +135,7 @@ fn read_segment(path: &Path) -> Vec<LedgerRow> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use chrono::Utc;
-
-    pub(crate) fn row(request_id: &str) -> LedgerRow {
-        LedgerRow {
-            id: None,
-            request_id: request_id.into(),
-            response_id: Some("resp_1".into()),
-            tenant: "acme".into(),
-            api_key_id: "key".into(),
-            endpoint: "responses.create".into(),
-            model: Some("gpt-5".into()),
-            upstream: Some("default".into()),
-            upstream_model: Some("gpt-5-2025-08-07".into()),
-            stream: true,
-            status: "completed".into(),
-            usage_source: "reported".into(),
-            input_tokens: 10,
-            cached_tokens: 2,
-            output_tokens: 5,
-            reasoning_tokens: 1,
-            total_tokens: 15,
-            service_tier: Some("default".into()),
-            price_id: None,
-            cost: Some("0.0000123456789".parse().unwrap()),
-            unpriced_reason: None,
-            currency: "usd".into(),
-            http_status: Some(200),
-            error_code: None,
-            attempts: 1,
-            fallback_from: None,
-            end_user: None,
-            client_disconnected: false,
-            mcp_calls: 0,
-            started_at: Utc::now(),
-            first_byte_at: None,
-            finished_at: Utc::now(),
-        }
-    }
+    use crate::ledger::sample_row as row;
 
     #[tokio::test]
     async fn spooled_rows_replay_exactly_once_and_torn_lines_are_skipped() {

@@ -144,40 +144,20 @@ mod tests {
     use super::*;
     use rust_decimal::Decimal;
 
+    /// The shared sample row, with what this module must escape and format.
     fn row() -> LedgerRow {
         LedgerRow {
             id: Some(7),
-            request_id: "req_1".into(),
             response_id: None,
-            tenant: "acme".into(),
-            api_key_id: "k1".into(),
-            endpoint: "responses.create".into(),
-            model: Some("gpt-5.5".into()),
             upstream: Some("mock".into()),
             upstream_model: Some("gpt-5.5-2026".into()),
-            stream: true,
-            status: "completed".into(),
-            usage_source: "reported".into(),
-            input_tokens: 10,
-            cached_tokens: 2,
-            output_tokens: 5,
-            reasoning_tokens: 1,
-            total_tokens: 15,
-            service_tier: Some("default".into()),
+            model: Some("gpt-5.5".into()),
             price_id: Some(3),
             cost: Some(Decimal::new(12_300, 6)),
-            unpriced_reason: None,
-            currency: "usd".into(),
-            http_status: Some(200),
-            error_code: None,
-            attempts: 1,
-            fallback_from: None,
             end_user: Some("a,\"b\"\r\nc".into()),
-            client_disconnected: false,
-            mcp_calls: 0,
             started_at: DateTime::from_timestamp_micros(1_764_547_200_123_456).unwrap(),
-            first_byte_at: None,
             finished_at: DateTime::from_timestamp(1_764_547_201, 0).unwrap(),
+            ..crate::ledger::sample_row("req_1")
         }
     }
 
