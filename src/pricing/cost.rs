@@ -491,23 +491,6 @@ mod tests {
         assert_eq!(price_tier(Some("scale")), None);
     }
 
-    /// Rough speed check; run with `cargo test --release -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn speed() {
-        let s = sheet(GPT_5_5);
-        let u = usage(300_123, 12_000, 4_567, 3_000);
-        let n = 1_000_000u32;
-        let start = std::time::Instant::now();
-        let mut acc = Decimal::ZERO;
-        for i in 0..n {
-            let tier = if i % 3 == 0 { Some("flex") } else { None };
-            acc += cost(std::hint::black_box(&s), std::hint::black_box(&u), tier).unwrap();
-        }
-        let per = start.elapsed() / n;
-        println!("cost(): {per:?} per call ({acc})");
-    }
-
     // ---- properties ----
 
     /// Rates below 10 per token with up to 16 places: any mix of them times

@@ -492,22 +492,4 @@ mod tests {
         };
         assert_eq!(cost(sheet("gpt-5.4"), &u, None).unwrap(), dec("1.32"));
     }
-
-    /// Imports a real LiteLLM file and prints the report; e.g.
-    /// `LITELLM_FILE=/path/model_prices.json cargo test -- --ignored --nocapture litellm_file`.
-    #[test]
-    #[ignore]
-    fn litellm_file() {
-        let path = std::env::var("LITELLM_FILE").unwrap();
-        let r = parse_litellm(&std::fs::read_to_string(path).unwrap()).unwrap();
-        println!("imported {}, skipped {}", r.imported.len(), r.skipped.len());
-        for s in &r.skipped {
-            println!("SKIP {}: {}", s.model, s.reason);
-        }
-        for m in &r.imported {
-            for n in &m.notes {
-                println!("NOTE {}: {}", m.model, n);
-            }
-        }
-    }
 }
