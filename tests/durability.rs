@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::{gpt55_price, GatewayProcess, TestGateway};
-use serde_json::{json, Value};
+use serde_json::json;
 use sqlx::PgPool;
 use tollgate::ledger::LedgerRow;
 
@@ -324,7 +324,6 @@ async fn sigterm_drains_open_streams_and_records_every_one(pool: PgPool) {
     let mut inputs: Vec<i64> = rows.iter().map(|(_, n)| *n).collect();
     inputs.sort_unstable();
     assert_eq!(inputs, (1..=STREAMS as i64).collect::<Vec<_>>());
-    let _: Value = json!(null);
 }
 
 /// SIGKILL gives no chance to flush: rows still in the writer's queue are

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{TestGateway, AZURE_KEY, UPSTREAM_KEY};
+use common::{TestGateway, AZURE_KEY};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -495,7 +495,6 @@ async fn models_lists_the_priced_public_ids(pool: PgPool) {
         .map(|m| m["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["turing/gpt-5.5", "turing/o3"]);
-    let _ = UPSTREAM_KEY;
 }
 
 #[sqlx::test]

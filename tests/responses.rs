@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{gpt55_price, sse_events, TestGateway, UPSTREAM_KEY};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
@@ -461,5 +459,4 @@ async fn shutdown_flushes_every_row(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(count, 20);
-    tokio::time::sleep(Duration::from_millis(1)).await;
 }

@@ -382,6 +382,14 @@ fn respond(
     response
 }
 
+/// A call on an existing response, as the ledger and the upstream see it.
+struct OwnedCall {
+    method: reqwest::Method,
+    endpoint: &'static str,
+    /// Appended to `/responses/{id}`.
+    suffix: &'static str,
+}
+
 /// `GET /v1/responses/{id}` (also `?stream=true&starting_after=N`).
 pub async fn retrieve_response(
     State(state): State<Arc<AppState>>,
@@ -389,20 +397,12 @@ pub async fn retrieve_response(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let stream = query.as_deref().is_some_and(|q| {
-        form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "stream" && v == "true")
-    });
-    owned_call(
-        &state,
-        &headers,
-        reqwest::Method::GET,
-        "responses.retrieve",
-        &id,
-        "",
-        query,
-        stream,
-    )
-    .await
+    let call = OwnedCall {
+        method: reqwest::Method::GET,
+        endpoint: "responses.retrieve",
+        suffix: "",
+    };
+    owned_call(&state, &headers, call, &id, query).await
 }
 
 /// `DELETE /v1/responses/{id}`.
@@ -411,17 +411,12 @@ pub async fn delete_response(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    owned_call(
-        &state,
-        &headers,
-        reqwest::Method::DELETE,
-        "responses.delete",
-        &id,
-        "",
-        None,
-        false,
-    )
-    .await
+    let call = OwnedCall {
+        method: reqwest::Method::DELETE,
+        endpoint: "responses.delete",
+        suffix: "",
+    };
+    owned_call(&state, &headers, call, &id, None).await
 }
 
 /// `POST /v1/responses/{id}/cancel`.
@@ -430,17 +425,12 @@ pub async fn cancel_response(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    owned_call(
-        &state,
-        &headers,
-        reqwest::Method::POST,
-        "responses.cancel",
-        &id,
-        "/cancel",
-        None,
-        false,
-    )
-    .await
+    let call = OwnedCall {
+        method: reqwest::Method::POST,
+        endpoint: "responses.cancel",
+        suffix: "/cancel",
+    };
+    owned_call(&state, &headers, call, &id, None).await
 }
 
 /// `GET /v1/responses/{id}/input_items`.
@@ -450,32 +440,33 @@ pub async fn list_input_items(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    owned_call(
-        &state,
-        &headers,
-        reqwest::Method::GET,
-        "responses.input_items",
-        &id,
-        "/input_items",
-        query,
-        false,
-    )
-    .await
+    let call = OwnedCall {
+        method: reqwest::Method::GET,
+        endpoint: "responses.input_items",
+        suffix: "/input_items",
+    };
+    owned_call(&state, &headers, call, &id, query).await
 }
 
 /// A call on an existing response: only its creator may make it, and it goes
 /// to the upstream that holds the response. Recorded, never billed.
-#[allow(clippy::too_many_arguments)]
 async fn owned_call(
     state: &AppState,
     headers: &HeaderMap,
-    method: reqwest::Method,
-    endpoint: &'static str,
+    call: OwnedCall,
     id: &str,
-    suffix: &str,
     query: Option<String>,
-    stream: bool,
 ) -> Response {
+    let OwnedCall {
+        method,
+        endpoint,
+        suffix,
+    } = call;
+    // `?stream=true` on retrieve replays the events; it only counts as a
+    // stream if the upstream answers with one (see `respond`).
+    let stream = query.as_deref().is_some_and(|q| {
+        form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "stream" && v == "true")
+    });
     let mut meter = match open_meter(state, headers, endpoint).await {
         Ok(meter) => meter,
         Err(response) => return response,
