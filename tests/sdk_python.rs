@@ -120,3 +120,83 @@ async fn openai_python_sdk_calls_are_proxied_and_billed_exactly(pool: PgPool) {
         assert!(!body["model"].as_str().unwrap().starts_with("turing/"));
     }
 }
+
+#[sqlx::test]
+async fn platform_semantics_through_the_sdk(pool: PgPool) {
+    let python = tokio::task::spawn_blocking(sdk_python).await.unwrap();
+    let gw = TestGateway::start_with(pool, |c| c.background_poll_secs = 1).await;
+    gw.set_price("gpt-5.5", gpt55_price()).await;
+    gw.set_price(
+        "gpt-5",
+        serde_json::json!({"input_cost_per_token": "0.00000125", "output_cost_per_token": "0.00001"}),
+    )
+    .await;
+    let owner = gw.key("owner").await;
+    let other = gw.key("intruder").await;
+
+    let output = tokio::process::Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/sdk/sdk_platform.py"
+        ))
+        .env("TOLLGATE_BASE_URL", gw.url("/api/v1"))
+        .env("TOLLGATE_KEY", &owner)
+        .env("TOLLGATE_OTHER_KEY", &other)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "SDK script failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        seen["refused"],
+        serde_json::json!({"create": 404, "retrieve": 404, "input_items": 404, "cancel": 404, "delete": 404})
+    );
+
+    // Wait until the background row is settled.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let rows = loop {
+        let rows = gw.rows(1).await;
+        if !rows.iter().any(|r| r.status == "queued") {
+            break rows;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "background row never settled"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let create = |name: &str| {
+        let id = seen[name].as_str().unwrap();
+        let found: Vec<_> = rows
+            .iter()
+            .filter(|r| r.endpoint == "responses.create" && r.response_id.as_deref() == Some(id))
+            .collect();
+        assert_eq!(found.len(), 1, "exactly one create row for {name}");
+        found[0].clone()
+    };
+    // gpt-5.5: 10*0.000005 + 10*0.00003; 20*…; 30*…
+    assert_eq!(create("first").cost, Some("0.00035".parse().unwrap()));
+    assert_eq!(create("follow").cost, Some("0.0007".parse().unwrap()));
+    assert_eq!(create("background").cost, Some("0.00105".parse().unwrap()));
+    let fallback = create("fallback");
+    assert_eq!(fallback.model.as_deref(), Some("gpt-5"));
+    assert_eq!(fallback.fallback_from.as_deref(), Some("gpt-5.5"));
+    // 100*0.00000125 + 10*0.00001, at the model that served
+    assert_eq!(fallback.cost, Some("0.000225".parse().unwrap()));
+
+    let intruder: Vec<_> = rows.iter().filter(|r| r.tenant == "intruder").collect();
+    assert_eq!(intruder.len(), 5);
+    assert!(intruder
+        .iter()
+        .all(|r| r.status == "rejected" && r.cost == Some(Decimal::ZERO)));
+    let billed: Decimal = rows.iter().filter_map(|r| r.cost).sum();
+    assert_eq!(
+        billed,
+        "0.002325".parse::<Decimal>().unwrap(),
+        "retrievals, lists and deletes add nothing"
+    );
+}
