@@ -91,7 +91,7 @@ pub async fn build_state(
             config.ledger.spool_dir.display()
         )
     })?;
-    let (ledger, writer) = spawn_writer(pool.clone(), spool, config.ledger.batch_max);
+    let (ledger, writer) = spawn_writer(pool.clone(), spool, config.ledger.batching());
     let state = Arc::new(AppState {
         auth: Authenticator::new(pool.clone()),
         prices,
@@ -150,6 +150,35 @@ fn spawn_price_reloader(state: &Arc<AppState>) {
             }
         }
     });
+}
+
+/// Pending connections the kernel queues before `accept` (capped by
+/// `net.core.somaxconn`). tokio's default of 1,024 overflowed when thousands
+/// of streams opened at once: the dropped handshakes came back as resets.
+const LISTEN_BACKLOG: u32 = 8_192;
+
+/// Binds `addr` (`host:port`) with a listen backlog sized for bursts of new
+/// connections.
+pub async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last_error = None;
+    for candidate in tokio::net::lookup_host(addr).await? {
+        let socket = if candidate.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(candidate) {
+            Ok(()) => return socket.listen(LISTEN_BACKLOG),
+            Err(err) => last_error = Some(err),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            format!("{addr} resolves to no address"),
+        )
+    }))
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

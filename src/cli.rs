@@ -91,7 +91,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             no_recording,
         } => {
-            let listener = tokio::net::TcpListener::bind(listen)
+            let listener = crate::app::listen(&listen.to_string())
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
             eprintln!("mock upstream listening on http://{listen}/v1");
@@ -158,7 +158,7 @@ fn redact_url(url: &str) -> String {
 pub async fn serve(config: Config, pool: sqlx::PgPool) -> anyhow::Result<()> {
     let listen = config.listen.clone();
     let (state, background) = app::build_state(config, pool).await?;
-    let listener = tokio::net::TcpListener::bind(&listen)
+    let listener = app::listen(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(%listen, "tollgate serving");

@@ -168,6 +168,12 @@ pub enum DisconnectPolicy {
 pub struct LedgerConfig {
     /// Most rows one INSERT carries.
     pub batch_max: usize,
+    /// How long the writer waits for more rows after the first of a batch
+    /// arrives (unless `batch_max` is reached first). Fewer, larger INSERTs
+    /// cost PostgreSQL and the gateway less per row; the price is that a
+    /// crash (SIGKILL) can lose rows of requests that ended this much longer
+    /// ago. 0 writes whatever is queued at once.
+    pub linger_ms: u64,
     pub spool_dir: PathBuf,
 }
 
@@ -175,7 +181,17 @@ impl Default for LedgerConfig {
     fn default() -> Self {
         Self {
             batch_max: 1_000,
+            linger_ms: 5,
             spool_dir: PathBuf::from("./data/spool"),
+        }
+    }
+}
+
+impl LedgerConfig {
+    pub fn batching(&self) -> crate::ledger::Batching {
+        crate::ledger::Batching {
+            max_rows: self.batch_max,
+            linger: std::time::Duration::from_millis(self.linger_ms),
         }
     }
 }
@@ -378,6 +394,9 @@ impl Config {
         }
         if self.ledger.batch_max == 0 {
             return Err(invalid("ledger.batch_max", "must be at least 1"));
+        }
+        if self.ledger.linger_ms > 1_000 {
+            return Err(invalid("ledger.linger_ms", "must be at most 1000"));
         }
         if self.prices.reload_interval_secs == 0 {
             return Err(invalid("prices.reload_interval_secs", "must be at least 1"));

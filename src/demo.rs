@@ -59,7 +59,7 @@ pub async fn run(config_path: Option<&Path>, listen: SocketAddr) -> anyhow::Resu
     pricing::import_sheets(&pool, &report.imported, "demo").await?;
     let key = auth::create_key(&pool, "demo", "demo key").await?;
 
-    let listener = tokio::net::TcpListener::bind(listen)
+    let listener = crate::app::listen(&listen.to_string())
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let admin_token = config.admin_token.expose().to_owned();

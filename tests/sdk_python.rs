@@ -15,8 +15,14 @@ use sqlx::PgPool;
 
 const SDK_VERSION: &str = "1.102.0";
 
-/// A venv with the pinned SDK; created once, reused by later runs.
+/// A venv with the pinned SDK; created once, reused by later runs. The tests
+/// of this file run in parallel, and two of them building the venv at once
+/// break each other, so creation is serialised.
 fn sdk_python() -> PathBuf {
+    static SETUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _creating = SETUP
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/py-sdk");
     let python = venv.join("bin/python");
     let ready = Command::new(&python)

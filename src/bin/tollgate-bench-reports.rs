@@ -52,7 +52,7 @@ use sqlx::{ConnectOptions, Connection, PgPool};
 use tollgate::app;
 use tollgate::config::Config;
 use tollgate::ledger::spool::Spool;
-use tollgate::ledger::{spawn_writer, LedgerRow};
+use tollgate::ledger::{spawn_writer, Batching, LedgerRow};
 
 const DEFAULT_BASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const ADMIN_TOKEN: &str = "bench-reports-admin";
@@ -778,7 +778,11 @@ async fn writer_throughput(pool: &PgPool) -> Result<String> {
                 .await?;
         }
         let spool_dir = tempfile::tempdir()?;
-        let (handle, writer) = spawn_writer(pool.clone(), Spool::open(spool_dir.path())?, 1_000);
+        let (handle, writer) = spawn_writer(
+            pool.clone(),
+            Spool::open(spool_dir.path())?,
+            Batching::immediate(1_000),
+        );
         let rows = writer_rows(N, triggers);
         let began = Instant::now();
         for row in rows {

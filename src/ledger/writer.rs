@@ -132,7 +132,7 @@ impl CapturedRows {
 pub fn spawn_writer(
     pool: PgPool,
     spool: Spool,
-    batch_max: usize,
+    batching: Batching,
 ) -> (LedgerHandle, JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let stats = Arc::new(LedgerStats::default());
@@ -142,7 +142,8 @@ pub fn spawn_writer(
     let writer = Writer {
         pool,
         spool,
-        batch_max,
+        batch_max: batching.max_rows.max(1),
+        linger: batching.linger,
         stats: stats.clone(),
         database_down: false,
     };
@@ -159,10 +160,30 @@ pub fn spawn_writer(
     )
 }
 
+/// How the writer groups rows into INSERTs.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    /// Most rows one INSERT carries.
+    pub max_rows: usize,
+    /// How long a batch waits for more rows after its first one.
+    pub linger: Duration,
+}
+
+impl Batching {
+    /// Whatever is queued, at once, up to `max_rows` (tools and tests).
+    pub fn immediate(max_rows: usize) -> Self {
+        Self {
+            max_rows,
+            linger: Duration::ZERO,
+        }
+    }
+}
+
 struct Writer {
     pool: PgPool,
     spool: Spool,
     batch_max: usize,
+    linger: Duration,
     stats: Arc<LedgerStats>,
     /// Set by a failed insert, cleared by a successful replay: while set,
     /// batches go straight to the spool instead of waiting on connection
@@ -186,7 +207,8 @@ impl Writer {
                     if received == 0 {
                         break;
                     }
-                    let mut rows = Vec::with_capacity(received);
+                    self.linger(&mut rx, &mut messages).await;
+                    let mut rows = Vec::with_capacity(messages.len());
                     let mut waiters = Vec::new();
                     let mut close = false;
                     for message in messages.drain(..) {
@@ -215,6 +237,33 @@ impl Writer {
             spooled = self.stats.spooled.load(Ordering::Relaxed),
             "ledger writer stopped"
         );
+    }
+
+    /// Tops a short batch up with what arrives within the linger; a flush or
+    /// shutdown in the batch is not kept waiting.
+    async fn linger(&self, rx: &mut mpsc::UnboundedReceiver<Message>, messages: &mut Vec<Message>) {
+        if self.linger.is_zero()
+            || messages.len() >= self.batch_max
+            || messages.iter().any(|m| !matches!(m, Message::Row(_)))
+        {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + self.linger;
+        while messages.len() < self.batch_max {
+            let before = messages.len();
+            let room = self.batch_max - before;
+            match tokio::time::timeout_at(deadline, rx.recv_many(messages, room)).await {
+                Ok(0) | Err(_) => return,
+                Ok(_)
+                    if messages[before..]
+                        .iter()
+                        .any(|m| !matches!(m, Message::Row(_))) =>
+                {
+                    return
+                }
+                Ok(_) => {}
+            }
+        }
     }
 
     /// Database first; on failure the spool, which fsyncs before returning.
@@ -368,4 +417,76 @@ pub(crate) async fn insert_rows(pool: &PgPool, rows: &[LedgerRow]) -> Result<(),
     .execute(pool)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::ledger::sample_row;
+
+    async fn stored(pool: &PgPool) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM usage_ledger")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
+
+    /// Polls for up to 20 s: the behaviour checked is *whether* rows land
+    /// without a flush, never how fast.
+    async fn eventually_stored(pool: &PgPool, rows: i64) -> bool {
+        for _ in 0..200 {
+            if stored(pool).await >= rows {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    fn writer(
+        pool: &PgPool,
+        max_rows: usize,
+        linger: Duration,
+    ) -> (LedgerHandle, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let (handle, _task) = spawn_writer(pool.clone(), spool, Batching { max_rows, linger });
+        (handle, dir)
+    }
+
+    #[sqlx::test(migrations = "./migrations")]
+    async fn a_flush_is_not_kept_waiting_by_the_linger(pool: PgPool) {
+        let (ledger, _dir) = writer(&pool, 1_000, Duration::from_secs(3_600));
+        for i in 0..3 {
+            ledger.record(sample_row(&format!("req_linger_{i}")));
+        }
+        tokio::time::timeout(Duration::from_secs(20), ledger.flush())
+            .await
+            .expect("flush waited for the hour-long linger");
+        assert_eq!(stored(&pool).await, 3);
+    }
+
+    #[sqlx::test(migrations = "./migrations")]
+    async fn a_full_batch_is_written_without_lingering(pool: PgPool) {
+        let (ledger, _dir) = writer(&pool, 2, Duration::from_secs(3_600));
+        for i in 0..4 {
+            ledger.record(sample_row(&format!("req_full_{i}")));
+        }
+        assert!(
+            eventually_stored(&pool, 4).await,
+            "full batches waited for the linger"
+        );
+    }
+
+    #[sqlx::test(migrations = "./migrations")]
+    async fn a_short_batch_is_written_once_the_linger_ends(pool: PgPool) {
+        let (ledger, _dir) = writer(&pool, 1_000, Duration::from_millis(50));
+        ledger.record(sample_row("req_alone"));
+        assert!(
+            eventually_stored(&pool, 1).await,
+            "a lone row was never written"
+        );
+        assert_eq!(ledger.stats().queued.load(Ordering::Relaxed), 0);
+    }
 }

@@ -580,10 +580,11 @@ struct Reply {
 
 impl Reply {
     fn streaming(response: reqwest::Response) -> Self {
+        let (parts, body) = http::Response::from(response).into_parts();
         Self {
-            status: response.status(),
-            headers: response.headers().clone(),
-            body: reqwest::Body::from(response),
+            status: parts.status,
+            headers: parts.headers,
+            body,
         }
     }
 }
@@ -686,9 +687,20 @@ async fn backoff(attempt: u32, asked: Option<Duration>, deadline: Instant) {
     tokio::time::sleep_until((Instant::now() + wait).min(deadline)).await;
 }
 
-/// reqwest errors name the URL; the upstream's address is not the client's business.
+/// The error with its causes ("… : connection closed before message
+/// completed"), so an operator can tell a refused connect from a reset; reqwest
+/// errors name the URL, and the upstream's address is not the client's business.
 fn without_url(err: &reqwest::Error) -> String {
     let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
     if let Some(url) = err.url() {
         text = text.replace(url.as_str(), "upstream");
     }

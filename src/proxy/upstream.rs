@@ -9,17 +9,23 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::{Secret, UpstreamConfig, UpstreamKind};
+use crate::config::{UpstreamConfig, UpstreamKind};
 use crate::usage::ResponseSummary;
 
 pub struct Upstream {
     pub name: String,
-    kind: UpstreamKind,
     base_url: String,
     api_version: Option<String>,
-    key: Secret,
+    /// The header carrying the upstream's credential, built once.
+    credential: (HeaderName, HeaderValue),
+    /// `<base>/responses<suffix>` for the routed calls, parsed once: URL
+    /// parsing (with IDNA host checks) was a visible share of every request.
+    routed_urls: Vec<(&'static str, reqwest::Url)>,
     client: reqwest::Client,
 }
+
+/// Suffixes of the calls made on every routed request.
+const ROUTED_SUFFIXES: [&str; 3] = ["", "/compact", "/input_tokens"];
 
 impl Upstream {
     pub fn new(config: &UpstreamConfig) -> Result<Self, reqwest::Error> {
@@ -36,38 +42,56 @@ impl Upstream {
             // following it would send the credential wherever it points.
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(Self {
+        let mut credential = match config.kind {
+            UpstreamKind::Openai => {
+                HeaderValue::try_from(format!("Bearer {}", config.key.expose()))
+            }
+            UpstreamKind::Azure => HeaderValue::try_from(config.key.expose()),
+        }
+        .unwrap_or_else(|_| HeaderValue::from_static(""));
+        credential.set_sensitive(true);
+        let credential_header = match config.kind {
+            UpstreamKind::Openai => http::header::AUTHORIZATION,
+            UpstreamKind::Azure => HeaderName::from_static("api-key"),
+        };
+        let mut upstream = Self {
             name: config.name.clone(),
-            kind: config.kind,
             base_url: config.url.trim_end_matches('/').to_owned(),
             api_version: config.api_version.clone(),
-            key: config.key.clone(),
+            credential: (credential_header, credential),
+            routed_urls: Vec::new(),
             client,
-        })
+        };
+        upstream.routed_urls = ROUTED_SUFFIXES
+            .iter()
+            .filter_map(|suffix| {
+                let url = reqwest::Url::parse(&upstream.url_text(suffix)).ok()?;
+                Some((*suffix, url))
+            })
+            .collect();
+        Ok(upstream)
     }
 
-    /// A request to `<base>/responses<suffix>` carrying the upstream's
-    /// credential (`suffix` may hold a query string).
-    pub fn request(&self, method: reqwest::Method, suffix: &str) -> reqwest::RequestBuilder {
+    fn url_text(&self, suffix: &str) -> String {
         let mut url = format!("{}/responses{suffix}", self.base_url);
         if let Some(version) = &self.api_version {
             url.push(if suffix.contains('?') { '&' } else { '?' });
             url.push_str("api-version=");
             url.push_str(version);
         }
-        let mut credential = match self.kind {
-            UpstreamKind::Openai => HeaderValue::try_from(format!("Bearer {}", self.key.expose())),
-            UpstreamKind::Azure => HeaderValue::try_from(self.key.expose()),
-        }
-        .unwrap_or_else(|_| HeaderValue::from_static(""));
-        credential.set_sensitive(true);
-        let credential_header = match self.kind {
-            UpstreamKind::Openai => http::header::AUTHORIZATION,
-            UpstreamKind::Azure => HeaderName::from_static("api-key"),
+        url
+    }
+
+    /// A request to `<base>/responses<suffix>` carrying the upstream's
+    /// credential (`suffix` may hold a query string).
+    pub fn request(&self, method: reqwest::Method, suffix: &str) -> reqwest::RequestBuilder {
+        let builder = match self.routed_urls.iter().find(|(known, _)| *known == suffix) {
+            Some((_, url)) => self.client.request(method, url.clone()),
+            // An unparsable URL fails at `send`, as a request error.
+            None => self.client.request(method, self.url_text(suffix)),
         };
-        self.client
-            .request(method, url)
-            .header(credential_header, credential)
+        let (name, value) = &self.credential;
+        builder.header(name.clone(), value.clone())
     }
 
     /// One look at a stored response: `Ok(None)` when the upstream no longer
@@ -148,7 +172,9 @@ pub fn encode_path_segment(id: &str) -> String {
 
 /// Response headers the client gets from the upstream (CONTRACT §3).
 pub fn forwarded_headers(upstream: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(16);
+    // Sized by use, not a guess: an open stream keeps this map for its whole
+    // life, and 16 slots were 2 KiB of every stream's memory.
+    let mut out = HeaderMap::new();
     for (name, value) in upstream {
         let n = name.as_str();
         if n == "content-type"

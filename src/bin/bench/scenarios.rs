@@ -850,7 +850,11 @@ pub(crate) async fn streams(opts: StreamsOptions) -> Result<Vec<SummaryRow>> {
                 other => {
                     if failed.fetch_add(1, Ordering::Relaxed) < 5 {
                         match other {
-                            Ok(r) => eprintln!("  stream refused: HTTP {}", r.status()),
+                            Ok(r) => {
+                                let status = r.status();
+                                let body = r.text().await.unwrap_or_default();
+                                eprintln!("  stream refused: HTTP {status}: {body}");
+                            }
                             Err(err) => eprintln!("  stream failed to open: {err:#}"),
                         }
                     }
@@ -1045,7 +1049,12 @@ pub(crate) async fn ledger(opts: LedgerOptions) -> Result<Vec<SummaryRow>> {
         .await?;
     tollgate::app::migrate(&pool).await?;
     let spool = tollgate::ledger::spool::Spool::open(&stack.work.path().join("spool"))?;
-    let (handle, writer) = tollgate::ledger::spawn_writer(pool.clone(), spool, opts.batch_max);
+    let batching = tollgate::config::LedgerConfig {
+        batch_max: opts.batch_max,
+        ..Default::default()
+    }
+    .batching();
+    let (handle, writer) = tollgate::ledger::spawn_writer(pool.clone(), spool, batching);
 
     // Alone: N rows as fast as they can be recorded, then a flush.
     let rows: Vec<_> = (0..opts.rows).map(synthetic_row).collect();
