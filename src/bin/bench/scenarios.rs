@@ -819,6 +819,8 @@ pub(crate) async fn streams(opts: StreamsOptions) -> Result<Vec<SummaryRow>> {
     );
     let opened = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
+    let first_errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let fd_limit = open_files_limit(gateway_pid);
     let opening = Arc::new(tokio::sync::Semaphore::new(256));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -829,12 +831,13 @@ pub(crate) async fn streams(opts: StreamsOptions) -> Result<Vec<SummaryRow>> {
         .pool_max_idle_per_host(0)
         .build()?;
     for _ in 0..opts.open {
-        let (client, target, opened, failed, opening) = (
+        let (client, target, opened, failed, opening, first_errors) = (
             client.clone(),
             open_target.clone(),
             opened.clone(),
             failed.clone(),
             opening.clone(),
+            first_errors.clone(),
         );
         tasks.spawn(async move {
             let mut permit = Some(opening.acquire_owned().await);
@@ -849,13 +852,19 @@ pub(crate) async fn streams(opts: StreamsOptions) -> Result<Vec<SummaryRow>> {
                 Ok(r) if r.status().is_success() => r,
                 other => {
                     if failed.fetch_add(1, Ordering::Relaxed) < 5 {
-                        match other {
+                        let text = match other {
                             Ok(r) => {
                                 let status = r.status();
                                 let body = r.text().await.unwrap_or_default();
-                                eprintln!("  stream refused: HTTP {status}: {body}");
+                                format!("HTTP {status}: {body}")
                             }
-                            Err(err) => eprintln!("  stream failed to open: {err:#}"),
+                            Err(err) => format!("failed to open: {err:#}"),
+                        };
+                        eprintln!("  stream refused: {text}");
+                        if let Ok(mut seen) = first_errors.lock() {
+                            if !seen.contains(&text) {
+                                seen.push(text);
+                            }
                         }
                     }
                     return;
@@ -954,10 +963,18 @@ pub(crate) async fn streams(opts: StreamsOptions) -> Result<Vec<SummaryRow>> {
     );
     let _ = writeln!(
         md,
-        "\nThe whole open-streams phase took {:.1} s; peak gateway RSS at any sample {:.1} MiB.",
+        "\nThe whole open-streams phase took {:.1} s; peak gateway RSS at any sample {:.1} MiB. \
+         The gateway's open-files limit was {} (each proxied stream holds two sockets: the client's and \
+         the upstream's).",
         elapsed.as_secs_f64(),
-        peak_rss as f64 / 1024.0
+        peak_rss as f64 / 1024.0,
+        fd_limit.map_or("unknown".to_owned(), |n| n.to_string()),
     );
+    if let Ok(seen) = first_errors.lock() {
+        for text in seen.iter() {
+            let _ = writeln!(md, "\nError seen: `{}`", text.replace('`', "'"));
+        }
+    }
     println!("\n{md}");
     if opts.write_md && !opts.smoke {
         write_section("streams", &md)?;
@@ -1335,4 +1352,16 @@ pub(crate) async fn callgrind(opts: CallgrindOptions) -> Result<Vec<SummaryRow>>
         "-",
         None,
     )])
+}
+
+/// The soft "Max open files" of a process, from `/proc/<pid>/limits`.
+fn open_files_limit(pid: u32) -> Option<u64> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()
 }
