@@ -378,7 +378,7 @@ async fn all(args: AllArgs) -> Result<Vec<stack::SummaryRow>> {
         stack::write_section(
             "summary",
             &format!(
-                "## Summary of the last `all` run\n\n`{}`\n\n{}\n{table}",
+                "## Summary of the last `all` run\n\n`{}`\n\n{}\n\n{table}",
                 stack::this_command(),
                 stack::machine_line(&load_average())
             ),

@@ -344,13 +344,13 @@ fn respond(
     upstream: Arc<Upstream>,
 ) -> Response {
     let status = reply.status;
-    let mut out_headers = forwarded_headers(&reply.headers);
     let is_sse = stream_requested
         && reply
             .headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    let mut out_headers = forwarded_headers(reply.headers);
     if is_sse {
         out_headers.insert(
             http::header::CACHE_CONTROL,

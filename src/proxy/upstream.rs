@@ -170,23 +170,32 @@ pub fn encode_path_segment(id: &str) -> String {
         .collect()
 }
 
-/// Response headers the client gets from the upstream (CONTRACT §3).
-pub fn forwarded_headers(upstream: &HeaderMap) -> HeaderMap {
-    // Sized by use, not a guess: an open stream keeps this map for its whole
-    // life, and 16 slots were 2 KiB of every stream's memory.
+/// Response headers the client gets from the upstream (CONTRACT §3). Takes
+/// the upstream's map and moves the kept entries: cloning a parsed header
+/// name or value allocates, and this runs on every response.
+pub fn forwarded_headers(upstream: HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::new();
+    let mut keep = false;
     for (name, value) in upstream {
-        let n = name.as_str();
-        if n == "content-type"
-            || n == "x-request-id"
-            || n == "openai-processing-ms"
-            || n == "openai-version"
-            || n == "retry-after"
-            || n == "retry-after-ms"
-            || n == "x-should-retry"
-            || n.starts_with("x-ratelimit-")
-        {
-            out.append(name.clone(), value.clone());
+        // `None` continues the previous name's values.
+        if let Some(name) = name {
+            let n = name.as_str();
+            keep = n == "content-type"
+                || n == "x-request-id"
+                || n == "openai-processing-ms"
+                || n == "openai-version"
+                || n == "retry-after"
+                || n == "retry-after-ms"
+                || n == "x-should-retry"
+                || n.starts_with("x-ratelimit-");
+            if keep {
+                out.append(name, value);
+            }
+        } else if keep {
+            if let Some((last, _)) = out.iter().last() {
+                let last = last.clone();
+                out.append(last, value);
+            }
         }
     }
     out
@@ -221,10 +230,21 @@ mod tests {
         ] {
             upstream.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
-        let out = forwarded_headers(&upstream);
-        assert_eq!(out.len(), 3);
+        upstream.append("set-cookie", HeaderValue::from_static("second"));
+        upstream.append(
+            "x-ratelimit-remaining-tokens",
+            HeaderValue::from_static("9"),
+        );
+        let out = forwarded_headers(upstream);
+        assert_eq!(out.len(), 4);
         assert!(out.get("set-cookie").is_none());
         assert!(out.get("openai-organization").is_none());
+        let remaining: Vec<_> = out
+            .get_all("x-ratelimit-remaining-tokens")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(remaining, ["10", "9"]);
     }
 
     #[test]
