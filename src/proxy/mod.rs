@@ -23,7 +23,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
@@ -34,8 +35,8 @@ use crate::metering::{Meter, RequestContext};
 use crate::usage::error_code_from_body;
 use request::{parse_create, Fallback};
 use route::{auto_chain, Deployment};
-use tap::{MeteredBody, Observer, TapSettings};
-use upstream::{forwarded_headers, retry_after, Upstream};
+use tap::{MeteredBody, Observer, TapSettings, UpstreamBody};
+use upstream::{forwarded_headers, retry_after, Upstream, UpstreamError};
 
 pub const REQUEST_ID_HEADER: &str = "x-tollgate-request-id";
 
@@ -384,7 +385,7 @@ fn respond(
 
 /// A call on an existing response, as the ledger and the upstream see it.
 struct OwnedCall {
-    method: reqwest::Method,
+    method: http::Method,
     endpoint: &'static str,
     /// Appended to `/responses/{id}`.
     suffix: &'static str,
@@ -398,7 +399,7 @@ pub async fn retrieve_response(
     headers: HeaderMap,
 ) -> Response {
     let call = OwnedCall {
-        method: reqwest::Method::GET,
+        method: http::Method::GET,
         endpoint: "responses.retrieve",
         suffix: "",
     };
@@ -412,7 +413,7 @@ pub async fn delete_response(
     headers: HeaderMap,
 ) -> Response {
     let call = OwnedCall {
-        method: reqwest::Method::DELETE,
+        method: http::Method::DELETE,
         endpoint: "responses.delete",
         suffix: "",
     };
@@ -426,7 +427,7 @@ pub async fn cancel_response(
     headers: HeaderMap,
 ) -> Response {
     let call = OwnedCall {
-        method: reqwest::Method::POST,
+        method: http::Method::POST,
         endpoint: "responses.cancel",
         suffix: "/cancel",
     };
@@ -441,7 +442,7 @@ pub async fn list_input_items(
     headers: HeaderMap,
 ) -> Response {
     let call = OwnedCall {
-        method: reqwest::Method::GET,
+        method: http::Method::GET,
         endpoint: "responses.input_items",
         suffix: "/input_items",
     };
@@ -508,12 +509,15 @@ async fn owned_call(
         path.push('?');
         path.push_str(&query);
     }
-    let sent =
-        tokio::time::timeout(PASSTHROUGH_TIMEOUT, upstream.request(method, &path).send()).await;
+    let sent = tokio::time::timeout(
+        PASSTHROUGH_TIMEOUT,
+        upstream.send(method, &path, Bytes::new(), None),
+    )
+    .await;
     let reply = match sent {
         Ok(Ok(response)) => Reply::streaming(response),
         Ok(Err(err)) => {
-            let err = ApiError::upstream_unreachable(without_url(&err));
+            let err = ApiError::upstream_unreachable(err.describe());
             meter.upstream_failed(&err);
             return with_request_id(err.into_response(), &request_id);
         }
@@ -575,16 +579,25 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
 struct Reply {
     status: StatusCode,
     headers: HeaderMap,
-    body: reqwest::Body,
+    body: UpstreamBody,
 }
 
 impl Reply {
-    fn streaming(response: reqwest::Response) -> Self {
-        let (parts, body) = http::Response::from(response).into_parts();
+    fn streaming(response: http::Response<Incoming>) -> Self {
+        let (parts, body) = response.into_parts();
         Self {
             status: parts.status,
             headers: parts.headers,
-            body,
+            body: body.map_err(Into::into).boxed(),
+        }
+    }
+
+    /// An answer whose body was already read (to decide on a retry).
+    fn read(status: StatusCode, headers: HeaderMap, body: Bytes) -> Self {
+        Self {
+            status,
+            headers,
+            body: Full::new(body).map_err(|never| match never {}).boxed(),
         }
     }
 }
@@ -618,12 +631,7 @@ async fn send_with_retries(
         let attempts = i32::try_from(attempt).unwrap_or(i32::MAX);
         let sent = tokio::time::timeout_at(
             deadline,
-            upstream
-                .request(reqwest::Method::POST, suffix)
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .header("x-client-request-id", request_id)
-                .body(body.clone())
-                .send(),
+            upstream.send(http::Method::POST, suffix, body.clone(), Some(request_id)),
         )
         .await;
         let response = match sent {
@@ -635,12 +643,12 @@ async fn send_with_retries(
                 }
             }
             Ok(Err(err)) => {
-                if !last && (err.is_connect() || err.is_request()) {
+                if !last && matches!(err, UpstreamError::Send(_)) {
                     backoff(attempt, None, deadline).await;
                     continue;
                 }
                 return Sent {
-                    result: Err(ApiError::upstream_unreachable(without_url(&err))),
+                    result: Err(ApiError::upstream_unreachable(err.describe())),
                     attempts,
                     worth_another_deployment: true,
                 };
@@ -660,18 +668,15 @@ async fn send_with_retries(
         // is passed on exactly as received.
         let headers = response.headers().clone();
         let wait = retry_after(&headers);
-        let error_body = match tokio::time::timeout_at(deadline, response.bytes()).await {
-            Ok(Ok(body)) => body,
-            _ => Bytes::new(),
-        };
+        let error_body =
+            match tokio::time::timeout_at(deadline, response.into_body().collect()).await {
+                Ok(Ok(body)) => body.to_bytes(),
+                _ => Bytes::new(),
+            };
         let quota = error_code_from_body(&error_body).as_deref() == Some("insufficient_quota");
         if last || quota {
             return Sent {
-                result: Ok(Reply {
-                    status,
-                    headers,
-                    body: reqwest::Body::from(error_body),
-                }),
+                result: Ok(Reply::read(status, headers, error_body)),
                 attempts,
                 worth_another_deployment: !quota,
             };
@@ -685,24 +690,4 @@ async fn backoff(attempt: u32, asked: Option<Duration>, deadline: Instant) {
     let exponential = Duration::from_millis(250u64 << attempt.min(5));
     let wait = asked.unwrap_or(exponential);
     tokio::time::sleep_until((Instant::now() + wait).min(deadline)).await;
-}
-
-/// The error with its causes ("… : connection closed before message
-/// completed"), so an operator can tell a refused connect from a reset; reqwest
-/// errors name the URL, and the upstream's address is not the client's business.
-fn without_url(err: &reqwest::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    if let Some(url) = err.url() {
-        text = text.replace(url.as_str(), "upstream");
-    }
-    text
 }

@@ -26,7 +26,7 @@ pub struct Routes {
 impl Routes {
     /// Builds every upstream client once. `config` has been validated, so
     /// every route names an existing upstream.
-    pub fn new(config: &Config) -> Result<Self, reqwest::Error> {
+    pub fn new(config: &Config) -> Result<Self, rustls::Error> {
         let upstreams = config
             .upstreams
             .iter()

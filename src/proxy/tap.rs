@@ -31,6 +31,10 @@ use crate::usage::{error_code_from_body, JsonBodyCollector};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The upstream's response body, whatever produced it (the network, or a
+/// body already read to decide on a retry).
+pub type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
 /// A non-streaming body larger than this is forwarded but not read for usage.
 const JSON_COLLECT_LIMIT: usize = 64 * 1024 * 1024;
 
@@ -88,7 +92,7 @@ pub struct TapSettings {
 }
 
 pub struct MeteredBody {
-    inner: Option<reqwest::Body>,
+    inner: Option<UpstreamBody>,
     observer: Observer,
     meter: Option<Meter>,
     http_status: u16,
@@ -100,7 +104,7 @@ pub struct MeteredBody {
 
 impl MeteredBody {
     pub fn new(
-        inner: reqwest::Body,
+        inner: UpstreamBody,
         observer: Observer,
         meter: Meter,
         http_status: u16,
@@ -247,7 +251,7 @@ impl Body for MeteredBody {
             }
             Poll::Ready(Some(Err(err))) => {
                 this.finish(End::UpstreamError);
-                Poll::Ready(Some(Err(Box::new(err))))
+                Poll::Ready(Some(Err(err)))
             }
             Poll::Ready(None) => {
                 this.finish(End::Complete);
@@ -350,10 +354,10 @@ mod tests {
             let stream = futures_util::stream::iter(
                 chunks
                     .into_iter()
-                    .map(|c| Ok::<_, std::io::Error>(Bytes::from(c))),
+                    .map(|c| Ok::<_, BoxError>(Frame::data(Bytes::from(c)))),
             );
             let body = MeteredBody::new(
-                reqwest::Body::wrap_stream(stream),
+                http_body_util::StreamBody::new(stream).boxed(),
                 Observer::sse(),
                 meter,
                 200,
