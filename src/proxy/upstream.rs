@@ -38,11 +38,6 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// No connection could be made: nothing reached the upstream.
-    pub fn is_connect(&self) -> bool {
-        matches!(self, Self::Send(err) if err.is_connect())
-    }
-
     /// The error with its causes ("…: client error (Connect): tcp connect
     /// error: Connection refused"), so an operator can tell a refused connect
     /// from a reset. It names no address.
