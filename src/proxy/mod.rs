@@ -391,6 +391,27 @@ struct OwnedCall {
     suffix: &'static str,
 }
 
+const RETRIEVE: OwnedCall = OwnedCall {
+    method: http::Method::GET,
+    endpoint: "responses.retrieve",
+    suffix: "",
+};
+const DELETE: OwnedCall = OwnedCall {
+    method: http::Method::DELETE,
+    endpoint: "responses.delete",
+    suffix: "",
+};
+const CANCEL: OwnedCall = OwnedCall {
+    method: http::Method::POST,
+    endpoint: "responses.cancel",
+    suffix: "/cancel",
+};
+const INPUT_ITEMS: OwnedCall = OwnedCall {
+    method: http::Method::GET,
+    endpoint: "responses.input_items",
+    suffix: "/input_items",
+};
+
 /// `GET /v1/responses/{id}` (also `?stream=true&starting_after=N`).
 pub async fn retrieve_response(
     State(state): State<Arc<AppState>>,
@@ -398,12 +419,7 @@ pub async fn retrieve_response(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let call = OwnedCall {
-        method: http::Method::GET,
-        endpoint: "responses.retrieve",
-        suffix: "",
-    };
-    owned_call(&state, &headers, call, &id, query).await
+    owned_call(&state, &headers, RETRIEVE, &id, query).await
 }
 
 /// `DELETE /v1/responses/{id}`.
@@ -412,12 +428,7 @@ pub async fn delete_response(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let call = OwnedCall {
-        method: http::Method::DELETE,
-        endpoint: "responses.delete",
-        suffix: "",
-    };
-    owned_call(&state, &headers, call, &id, None).await
+    owned_call(&state, &headers, DELETE, &id, None).await
 }
 
 /// `POST /v1/responses/{id}/cancel`.
@@ -426,12 +437,7 @@ pub async fn cancel_response(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let call = OwnedCall {
-        method: http::Method::POST,
-        endpoint: "responses.cancel",
-        suffix: "/cancel",
-    };
-    owned_call(&state, &headers, call, &id, None).await
+    owned_call(&state, &headers, CANCEL, &id, None).await
 }
 
 /// `GET /v1/responses/{id}/input_items`.
@@ -441,12 +447,7 @@ pub async fn list_input_items(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let call = OwnedCall {
-        method: http::Method::GET,
-        endpoint: "responses.input_items",
-        suffix: "/input_items",
-    };
-    owned_call(&state, &headers, call, &id, query).await
+    owned_call(&state, &headers, INPUT_ITEMS, &id, query).await
 }
 
 /// A call on an existing response: only its creator may make it, and it goes
