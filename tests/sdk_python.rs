@@ -49,6 +49,27 @@ fn sdk_python() -> PathBuf {
     python
 }
 
+/// Runs `tests/sdk/<script>` with `env`; what it printed on standard output,
+/// as JSON. A failing script fails the test with its standard error.
+async fn run_script(python: PathBuf, script: &str, env: &[(&str, String)]) -> Value {
+    let output = tokio::process::Command::new(python)
+        .arg(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/sdk")
+                .join(script),
+        )
+        .envs(env.iter().map(|(name, value)| (*name, value.as_str())))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "SDK script {script} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 #[sqlx::test]
 async fn openai_python_sdk_calls_are_proxied_and_billed_exactly(pool: PgPool) {
     let python = tokio::task::spawn_blocking(sdk_python).await.unwrap();
@@ -56,22 +77,15 @@ async fn openai_python_sdk_calls_are_proxied_and_billed_exactly(pool: PgPool) {
     gw.set_price("gpt-5.5", gpt55_price()).await;
     let key = gw.key("sdk-tenant").await;
 
-    let output = tokio::process::Command::new(python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/sdk/sdk_check.py"
-        ))
-        .env("TOLLGATE_BASE_URL", gw.url("/api/v1"))
-        .env("TOLLGATE_KEY", &key)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "SDK script failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let seen = run_script(
+        python,
+        "sdk_check.py",
+        &[
+            ("TOLLGATE_BASE_URL", gw.url("/api/v1")),
+            ("TOLLGATE_KEY", key.clone()),
+        ],
+    )
+    .await;
     assert_eq!(
         seen["create"]["usage"],
         serde_json::json!([1200, 200, 900, 600])
@@ -140,23 +154,16 @@ async fn platform_semantics_through_the_sdk(pool: PgPool) {
     let owner = gw.key("owner").await;
     let other = gw.key("intruder").await;
 
-    let output = tokio::process::Command::new(python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/sdk/sdk_platform.py"
-        ))
-        .env("TOLLGATE_BASE_URL", gw.url("/api/v1"))
-        .env("TOLLGATE_KEY", &owner)
-        .env("TOLLGATE_OTHER_KEY", &other)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "SDK script failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let seen = run_script(
+        python,
+        "sdk_platform.py",
+        &[
+            ("TOLLGATE_BASE_URL", gw.url("/api/v1")),
+            ("TOLLGATE_KEY", owner.clone()),
+            ("TOLLGATE_OTHER_KEY", other.clone()),
+        ],
+    )
+    .await;
     assert_eq!(
         seen["refused"],
         serde_json::json!({"create": 404, "retrieve": 404, "input_items": 404, "cancel": 404, "delete": 404})
