@@ -22,12 +22,12 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::app::AppState;
 use crate::auth::{self, KeyError};
 use crate::config::MAIN_ADMIN_LABEL;
 use crate::error::ApiError;
 use crate::pricing::{self, litellm, PriceSheet};
 use crate::proxy::authorization;
+use crate::state::AppState;
 
 /// Who made an admin call: the label of the token presented.
 #[derive(Debug, Clone, PartialEq, Eq)]

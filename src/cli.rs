@@ -8,10 +8,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sqlx::migrate::MigrateDatabase;
 
-use crate::app;
 use crate::config::{Config, ProcessEnv};
 use crate::mock_upstream::MockUpstream;
 use crate::pricing::{self, litellm};
+use crate::{server, state};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -91,7 +91,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             no_recording,
         } => {
-            let listener = crate::app::listen(&listen.to_string())
+            let listener = crate::server::listen(&listen.to_string())
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
             eprintln!("mock upstream listening on http://{listen}/v1");
@@ -135,10 +135,10 @@ pub async fn connect_and_migrate(config: &Config) -> anyhow::Result<sqlx::PgPool
             .await
             .with_context(|| format!("cannot create the database {}", redact_url(url)))?;
     }
-    let pool = app::connect(config)
+    let pool = state::connect(config)
         .await
         .with_context(|| format!("cannot connect to {}", redact_url(url)))?;
-    app::migrate(&pool).await.context("migration failed")?;
+    state::migrate(&pool).await.context("migration failed")?;
     Ok(pool)
 }
 
@@ -157,12 +157,12 @@ fn redact_url(url: &str) -> String {
 
 pub async fn serve(config: Config, pool: sqlx::PgPool) -> anyhow::Result<()> {
     let listen = config.listen.clone();
-    let (state, background) = app::build_state(config, pool).await?;
-    let listener = app::listen(&listen)
+    let (state, background) = server::build_state(config, pool).await?;
+    let listener = server::listen(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(%listen, "tollgate serving");
-    app::run(listener, state, background, shutdown_signal()).await?;
+    server::run(listener, state, background, shutdown_signal()).await?;
     Ok(())
 }
 

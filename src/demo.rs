@@ -12,7 +12,7 @@ use crate::cli::{connect_and_migrate, shutdown_signal};
 use crate::config::{Config, ProcessEnv, Secret, UpstreamConfig, UpstreamKind};
 use crate::mock_upstream::MockUpstream;
 use crate::pgtemp::TempCluster;
-use crate::{app, auth, pricing};
+use crate::{auth, pricing, server};
 
 /// The curated price list shipped with Tollgate (LiteLLM format).
 pub const BUNDLED_PRICES: &str = include_str!("../config/prices.json");
@@ -59,14 +59,14 @@ pub async fn run(config_path: Option<&Path>, listen: SocketAddr) -> anyhow::Resu
     pricing::import_sheets(&pool, &report.imported, "demo").await?;
     let key = auth::create_key(&pool, "demo", "demo key").await?;
 
-    let listener = crate::app::listen(&listen.to_string())
+    let listener = crate::server::listen(&listen.to_string())
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let admin_token = config.admin_token.expose().to_owned();
     let prefix = config.model_prefix.clone();
-    let (state, background) = app::build_state(config, pool).await?;
+    let (state, background) = server::build_state(config, pool).await?;
     print_tour(listen, &key.key, &admin_token, &prefix);
-    app::run(listener, state, background, shutdown_signal()).await?;
+    server::run(listener, state, background, shutdown_signal()).await?;
     drop(cluster);
     Ok(())
 }

@@ -5,7 +5,8 @@
 //! the [`sse`] scanner and [`usage`] extraction) → [`metering`] (the one
 //! end-of-request hook) → [`pricing`] → [`ledger`]. [`reports`] and [`admin`]
 //! read and manage what the flow wrote. No module imports one above it in
-//! this list, except the HTTP edge ([`app`]) which wires them together.
+//! this list, except the HTTP edge ([`http`], started by [`server`]) which wires them together;
+//! [`state`] sits below every handler.
 
 pub mod config;
 pub mod error;
@@ -23,8 +24,10 @@ pub mod usage;
 pub mod admin;
 pub mod reports;
 
-pub mod app;
 pub mod cli;
 pub mod demo;
+pub mod http;
 pub mod mock_upstream;
 pub mod pgtemp;
+pub mod server;
+pub mod state;

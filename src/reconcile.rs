@@ -15,9 +15,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use crate::app::AppState;
 use crate::ledger::{RequestStatus, UsageSource};
 use crate::metering::{price_usage, Outcome};
+use crate::state::AppState;
 use crate::usage::ResponseSummary;
 
 const BATCH: i64 = 200;

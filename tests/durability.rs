@@ -162,8 +162,8 @@ async fn database_outage_loses_and_duplicates_nothing() {
         database_url: cluster.url(),
         ..Default::default()
     };
-    let pool = tollgate::app::connect(&config).await.unwrap();
-    tollgate::app::migrate(&pool).await.unwrap();
+    let pool = tollgate::state::connect(&config).await.unwrap();
+    tollgate::state::migrate(&pool).await.unwrap();
     let gw = TestGateway::start(pool.clone()).await;
     gw.set_price("gpt-5.5", gpt55_price()).await;
     let key = gw.key("acme").await;

@@ -49,10 +49,10 @@ use rust_decimal::Decimal;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
-use tollgate::app;
 use tollgate::config::Config;
 use tollgate::ledger::spool::Spool;
 use tollgate::ledger::{spawn_writer, Batching, LedgerRow};
+use tollgate::{http, server, state};
 
 const DEFAULT_BASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const ADMIN_TOKEN: &str = "bench-reports-admin";
@@ -202,7 +202,7 @@ async fn bench(cli: &Cli, base: &PgConnectOptions, name: &str, load: bool) -> Re
         .max_connections(8)
         .connect_with(options.clone())
         .await?;
-    app::migrate(&pool).await?;
+    state::migrate(&pool).await?;
     let start = END - cli.days * DAY;
 
     let mut load_line = String::from("(reused database)");
@@ -608,8 +608,8 @@ impl Server {
         .map_err(anyhow::Error::msg)?;
         config.ledger.spool_dir = spool.path().to_path_buf();
         config.validate()?;
-        let (state, _background) = app::build_state(config, pool).await?;
-        let router = app::router(Arc::clone(&state));
+        let (state, _background) = server::build_state(config, pool).await?;
+        let router = http::router(Arc::clone(&state));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
         let stop = tokio_util::sync::CancellationToken::new();

@@ -7,7 +7,7 @@
 //! and one committed after it is announced on the new connection. Any
 //! failure (of the connection or of a reload) drops the listener and goes
 //! through that same path again, with a capped backoff. The periodic reload
-//! in `app` stays as a safety net for anything this misses.
+//! in `server` stays as a safety net for anything this misses.
 //!
 //! It owns the listening loop only; what a reload does is the caller's
 //! closure, so this module needs no application state.

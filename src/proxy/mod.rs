@@ -28,10 +28,10 @@ use hyper::body::Incoming;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::ledger::owners::owner_of;
 use crate::metering::{Meter, RequestContext};
+use crate::state::AppState;
 use crate::usage::error_code_from_body;
 use request::{parse_create, Fallback};
 use route::{auto_chain, Deployment};

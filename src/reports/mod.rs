@@ -26,10 +26,10 @@ use futures_util::StreamExt;
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use tokio::sync::mpsc;
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::ledger::{LedgerRow, COLUMNS};
 use crate::proxy::authorization;
+use crate::state::AppState;
 pub use params::{
     encode_page, BucketWidth, Cursor, GroupBy, RecordsFormat, RecordsQuery, UsageQuery,
 };

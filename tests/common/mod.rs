@@ -12,10 +12,11 @@ use sqlx::PgPool;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use tollgate::app::{self, AppState};
 use tollgate::config::{Config, DisconnectPolicy, Secret, UpstreamConfig, UpstreamKind};
 use tollgate::ledger::LedgerRow;
 use tollgate::mock_upstream::MockUpstream;
+use tollgate::server;
+use tollgate::state::AppState;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 pub const UPSTREAM_KEY: &str = "sk-upstream-secret";
@@ -80,11 +81,11 @@ impl TestGateway {
         adjust(&mut config);
         config.validate().unwrap();
 
-        let (state, background) = app::build_state(config, pool.clone()).await.unwrap();
+        let (state, background) = server::build_state(config, pool.clone()).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(app::run(listener, state.clone(), background, async {
+        let server = tokio::spawn(server::run(listener, state.clone(), background, async {
             let _ = stopped.await;
         }));
         Self {

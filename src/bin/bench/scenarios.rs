@@ -1064,7 +1064,7 @@ pub(crate) async fn ledger(opts: LedgerOptions) -> Result<Vec<SummaryRow>> {
         .max_connections(4)
         .connect(&stack.db.url)
         .await?;
-    tollgate::app::migrate(&pool).await?;
+    tollgate::state::migrate(&pool).await?;
     let spool = tollgate::ledger::spool::Spool::open(&stack.work.path().join("spool"))?;
     let batching = tollgate::config::LedgerConfig {
         batch_max: opts.batch_max,

@@ -1,0 +1,190 @@
+//! Starts and stops a gateway: builds the [`AppState`], starts its
+//! background loops (ledger writer, price listener and reloader, background
+//! response reconciler), binds the listening socket and runs the shutdown
+//! sequence.
+//!
+//! Shutdown, in order: stop accepting → wait for in-flight requests up to the
+//! drain deadline → cut the rest (their meters record them) → wait for drain
+//! tasks → stop background loops → let the ledger writer write everything
+//! (to the spool if the database is gone) → exit.
+
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::ledger::{spawn_writer, spool::Spool};
+use crate::pricing::notify::{self, Reloaded};
+use crate::pricing::PriceBook;
+use crate::proxy::route::Routes;
+use crate::state::AppState;
+
+/// What `build_state` starts besides the state itself.
+pub struct Background {
+    pub writer: JoinHandle<()>,
+}
+
+pub async fn build_state(
+    config: Config,
+    pool: PgPool,
+) -> anyhow::Result<(Arc<AppState>, Background)> {
+    config.require_upstream()?;
+    let routes = Routes::new(&config)?;
+    let prices = PriceBook::load(&pool).await?;
+    let spool = Spool::open(&config.ledger.spool_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open spool dir {}: {e}",
+            config.ledger.spool_dir.display()
+        )
+    })?;
+    let (ledger, writer) = spawn_writer(pool.clone(), spool, config.ledger.batching());
+    let state = Arc::new(AppState {
+        auth: Authenticator::new(pool.clone()),
+        prices,
+        ledger,
+        routes,
+        tasks: TaskTracker::new(),
+        shutdown: CancellationToken::new(),
+        config: Arc::new(config),
+        pool,
+    });
+    spawn_price_reloader(&state);
+    crate::reconcile::spawn(&state);
+    spawn_price_listener(&state);
+    Ok((state, Background { writer }))
+}
+
+/// Reloads the price table when any replica announces a change (within
+/// milliseconds of its commit), and after every listener (re)connect.
+fn spawn_price_listener(state: &Arc<AppState>) {
+    let weak = Arc::downgrade(state);
+    let pool = state.pool.clone();
+    let stop = state.shutdown.clone();
+    state
+        .tasks
+        .spawn(notify::follow_price_changes(pool, stop, move |trigger| {
+            let weak = weak.clone();
+            async move {
+                let Some(state) = weak.upgrade() else {
+                    return Reloaded::Stop;
+                };
+                match state.prices.reload(&state.pool).await {
+                    Ok(()) => Reloaded::Done,
+                    Err(err) => {
+                        tracing::warn!(error = %err, ?trigger, "price reload failed; resynchronising");
+                        Reloaded::Failed
+                    }
+                }
+            }
+        }));
+}
+
+/// Periodic full reload: the safety net behind the listener.
+fn spawn_price_reloader(state: &Arc<AppState>) {
+    let every = Duration::from_secs(state.config.prices.reload_interval_secs);
+    let weak = Arc::downgrade(state);
+    let stop = state.shutdown.clone();
+    state.tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            let Some(state) = weak.upgrade() else { return };
+            if let Err(err) = state.prices.reload(&state.pool).await {
+                tracing::warn!(error = %err, "price reload failed; keeping the prices in memory");
+            }
+        }
+    });
+}
+
+/// Pending connections the kernel queues before `accept` (capped by
+/// `net.core.somaxconn`). tokio's default of 1,024 overflowed when thousands
+/// of streams opened at once: the dropped handshakes came back as resets.
+const LISTEN_BACKLOG: u32 = 8_192;
+
+/// Binds `addr` (`host:port`) with a listen backlog sized for bursts of new
+/// connections.
+pub async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last_error = None;
+    for candidate in tokio::net::lookup_host(addr).await? {
+        let socket = if candidate.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(candidate) {
+            Ok(()) => return socket.listen(LISTEN_BACKLOG),
+            Err(err) => last_error = Some(err),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            format!("{addr} resolves to no address"),
+        )
+    }))
+}
+
+/// Serves until `shutdown` resolves, then runs the shutdown sequence.
+pub async fn run(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    background: Background,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    crate::http::metrics::metrics_handle();
+    let drain_deadline = state.config.drain_deadline();
+    let stop = CancellationToken::new();
+    let app = crate::http::router(state.clone());
+    // Nagle would hold back small SSE frames.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let server = axum::serve(listener, app.into_make_service())
+        .with_graceful_shutdown(stop.clone().cancelled_owned());
+    let signal = {
+        let stop = stop.clone();
+        let state = state.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections; draining in-flight requests");
+            state.shutdown.cancel();
+            stop.cancel();
+        }
+    };
+    #[allow(clippy::disallowed_methods)] // awaited implicitly: it only flips tokens
+    tokio::spawn(signal);
+
+    // Boxed (not stack-pinned) so it can really be dropped below.
+    let mut server = Box::pin(server.into_future());
+    tokio::select! {
+        result = &mut server => result?,
+        () = async { stop.cancelled().await; tokio::time::sleep(drain_deadline).await } => {
+            tracing::warn!("drain deadline reached; cutting the remaining requests");
+        }
+    }
+    // Dropping the server future drops open connections: their bodies'
+    // meters record them now, without spawning drains.
+    state.tasks.close();
+    drop(server);
+    if tokio::time::timeout(drain_deadline, state.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain tasks outlived the deadline");
+    }
+    state.ledger.close();
+    if let Err(err) = background.writer.await {
+        tracing::error!(error = %err, "ledger writer failed");
+    }
+    Ok(())
+}
