@@ -181,8 +181,6 @@ impl Meter {
 
     fn record(&mut self, outcome: Outcome) {
         if let Some(ctx) = self.ctx.take() {
-            metrics::counter!("tollgate_requests_total", "endpoint" => ctx.endpoint, "status" => outcome.status.as_str())
-                .increment(1);
             // A client saw a response finish: a queued background row may
             // be ready to settle now rather than at the next poll.
             let finished = outcome
@@ -193,7 +191,9 @@ impl Meter {
             if ctx.endpoint == "responses.retrieve" && finished {
                 self.ledger.nudge_background();
             }
-            self.ledger.record(build_row(ctx, outcome, Utc::now()));
+            let row = build_row(ctx, outcome, Utc::now());
+            crate::telemetry::metrics::record_row(&row);
+            self.ledger.record(row);
         }
     }
 }

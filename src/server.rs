@@ -141,7 +141,7 @@ pub async fn run(
     background: Background,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    crate::http::metrics::metrics_handle();
+    crate::telemetry::metrics::handle();
     let drain_deadline = state.config.drain_deadline();
     let stop = CancellationToken::new();
     let app = crate::http::router(state.clone());

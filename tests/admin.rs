@@ -315,7 +315,7 @@ async fn health_ready_and_metrics(pool: PgPool) {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("tollgate_ledger_queued_rows"));
+    assert!(metrics.contains("tollgate_ledger_rows_queued"));
     let unknown = gw.http.get(gw.url("/v1/nothing")).send().await.unwrap();
     assert_eq!(unknown.status(), 404);
     assert_eq!(

@@ -13,7 +13,7 @@
 //!    a 413 is metered too (axum's default 2 MiB limit is disabled).
 
 mod health;
-pub mod metrics;
+mod metrics;
 
 use std::sync::Arc;
 

@@ -174,7 +174,10 @@ impl Upstream {
             request = request.header("x-client-request-id", id);
         }
         let request = request.body(Full::new(body))?;
-        Ok(self.client.request(request).await?)
+        let sent_at = std::time::Instant::now();
+        let response = self.client.request(request).await?;
+        crate::telemetry::metrics::record_upstream(&self.name, sent_at.elapsed());
+        Ok(response)
     }
 
     async fn get(&self, path: &str) -> Result<http::Response<Incoming>, UpstreamError> {

@@ -1,8 +1,15 @@
-//! Logging setup: human-readable lines on stderr, `RUST_LOG` to filter,
-//! `TOLLGATE_LOG_FORMAT=json` for one JSON object per line.
+//! What the gateway tells operators about itself: log lines ([`init`]) and
+//! Prometheus metrics in the names of CONTRACT §11 ([`metrics`]).
+//!
+//! Never carries a tenant, key or free-text label: every label set here is
+//! bounded, whatever clients send.
+
+pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 
+/// Logging: human-readable lines on stderr, `RUST_LOG` to filter,
+/// `TOLLGATE_LOG_FORMAT=json` for one JSON object per line.
 pub fn init() {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,tower_http=warn,sqlx=warn"));

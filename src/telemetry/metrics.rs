@@ -1,0 +1,212 @@
+//! Prometheus metrics in the names of CONTRACT §11, and the process-wide
+//! recorder that `/metrics` renders.
+//!
+//! Owns the metric names, their help texts, the histogram buckets and the
+//! label policy. Every label set is bounded: `endpoint`, `status` and `type`
+//! are closed sets; `model` is the public model of a row that reached routing
+//! (a model the gateway knows), and `other` for refusals before routing,
+//! whose model may be anything a client typed; `upstream` is a configured
+//! upstream name. No tenant, key or end-user label ever: those are in the
+//! reports.
+//!
+//! Never the record of money: counters are `f64`, the ledger is exact.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use rust_decimal::Decimal;
+
+use crate::ledger::{LedgerRow, LedgerStats};
+
+pub const REQUESTS: &str = "tollgate_requests_total";
+pub const TOKENS: &str = "tollgate_tokens_total";
+pub const COST: &str = "tollgate_cost_usd_total";
+pub const REQUEST_DURATION: &str = "tollgate_request_duration_seconds";
+pub const TIME_TO_FIRST_BYTE: &str = "tollgate_time_to_first_byte_seconds";
+pub const UPSTREAM_DURATION: &str = "tollgate_upstream_duration_seconds";
+pub const ROWS_WRITTEN: &str = "tollgate_ledger_rows_written_total";
+pub const ROWS_SPOOLED: &str = "tollgate_ledger_rows_spooled";
+pub const ROWS_QUEUED: &str = "tollgate_ledger_rows_queued";
+pub const ROWS_QUARANTINED: &str = "tollgate_ledger_rows_quarantined_total";
+pub const WRITE_ERRORS: &str = "tollgate_ledger_write_errors_total";
+pub const LIMIT_REJECTIONS: &str = "tollgate_limit_rejections_total";
+
+/// Latency buckets, seconds: sub-millisecond gateway work up to the
+/// five-minute request timeout.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0, 300.0,
+];
+
+/// The label for rows whose model never reached routing.
+const OTHER_MODEL: &str = "other";
+
+/// Installs the recorder once per process; `None` when another recorder was
+/// installed first (then `/metrics` answers 500).
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .ok()?
+                .install_recorder()
+                .ok()?;
+            describe();
+            Some(handle)
+        })
+        .as_ref()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        REQUESTS,
+        "Requests that ended, by endpoint, ledger status and model."
+    );
+    describe_counter!(
+        TOKENS,
+        "Tokens of recorded rows by model and OpenTelemetry GenAI token type (input and output are totals; cached_input and reasoning are parts of them)."
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "From authentication to the row, by endpoint."
+    );
+    describe_histogram!(
+        TIME_TO_FIRST_BYTE,
+        Unit::Seconds,
+        "From authentication to the first upstream byte, by endpoint."
+    );
+    describe_histogram!(
+        UPSTREAM_DURATION,
+        Unit::Seconds,
+        "From sending a request upstream to its response headers, by upstream."
+    );
+    describe_counter!(ROWS_WRITTEN, "Ledger rows stored in the database.");
+    describe_gauge!(
+        ROWS_SPOOLED,
+        "Ledger rows waiting in the spool for the database."
+    );
+    describe_gauge!(
+        ROWS_QUEUED,
+        "Ledger rows handed to the writer and not yet stored or spooled."
+    );
+    describe_counter!(
+        ROWS_QUARANTINED,
+        "Ledger rows the database refused, kept apart with its reason."
+    );
+    describe_counter!(WRITE_ERRORS, "Ledger batch inserts that failed.");
+    describe_counter!(
+        LIMIT_REJECTIONS,
+        "Requests refused by a budget or rate limit, by scope and reason."
+    );
+}
+
+/// Everything one finished request contributes: its count, tokens, cost and
+/// latencies. Called once per ledger row, when it is handed to the writer.
+pub fn record_row(row: &LedgerRow) {
+    let model = model_label(row);
+    let endpoint = row.endpoint.clone();
+    metrics::counter!(REQUESTS, "endpoint" => endpoint.clone(), "status" => row.status.clone(), "model" => model.clone())
+        .increment(1);
+    for (kind, tokens) in [
+        ("input", row.input_tokens),
+        ("cached_input", row.cached_tokens),
+        ("output", row.output_tokens),
+        ("reasoning", row.reasoning_tokens),
+    ] {
+        if let Ok(tokens) = u64::try_from(tokens) {
+            if tokens > 0 {
+                metrics::counter!(TOKENS, "model" => model.clone(), "type" => kind)
+                    .increment(tokens);
+            }
+        }
+    }
+    if let Some(cost) = row.cost.filter(|c| !c.is_zero()) {
+        add_cost(model, cost);
+    }
+    if let Ok(elapsed) = (row.finished_at - row.started_at).to_std() {
+        metrics::histogram!(REQUEST_DURATION, "endpoint" => endpoint.clone()).record(elapsed);
+    }
+    if let Some(Ok(first)) = row.first_byte_at.map(|at| (at - row.started_at).to_std()) {
+        metrics::histogram!(TIME_TO_FIRST_BYTE, "endpoint" => endpoint).record(first);
+    }
+}
+
+/// Cost per model label, summed exactly. The `metrics` crate's counters are
+/// integers, so the cost counter is kept here and rendered by [`render`].
+fn costs() -> &'static Mutex<BTreeMap<String, Decimal>> {
+    static COSTS: OnceLock<Mutex<BTreeMap<String, Decimal>>> = OnceLock::new();
+    COSTS.get_or_init(Mutex::default)
+}
+
+fn add_cost(model: String, cost: Decimal) {
+    let mut costs = costs()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let sum = costs.entry(model).or_default();
+    *sum = sum.saturating_add(cost);
+}
+
+/// The Prometheus text exposition: the recorder's metrics, then the exact
+/// cost counter.
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut text = handle.render();
+    let costs = costs()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !costs.is_empty() {
+        let _ = writeln!(
+            text,
+            "# HELP {COST} Cost of priced rows in USD (the ledger is the exact record).\n# TYPE {COST} counter"
+        );
+        for (model, sum) in costs.iter() {
+            let _ = writeln!(
+                text,
+                "{COST}{{model=\"{}\"}} {}",
+                escape_label(model),
+                sum.normalize()
+            );
+        }
+    }
+    text
+}
+
+/// Label values escape backslash, double quote and newline.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// One upstream call, from sending it to its response headers.
+pub fn record_upstream(upstream: &str, elapsed: Duration) {
+    metrics::histogram!(UPSTREAM_DURATION, "upstream" => upstream.to_owned()).record(elapsed);
+}
+
+/// A request refused by spend control (`scope`: tenant or key; `reason`:
+/// budget, requests, tokens, concurrency).
+pub fn record_limit_rejection(scope: &'static str, reason: &'static str) {
+    metrics::counter!(LIMIT_REJECTIONS, "scope" => scope, "reason" => reason).increment(1);
+}
+
+/// Publishes the writer's counters; called when `/metrics` is scraped.
+pub fn publish_ledger(stats: &LedgerStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    metrics::counter!(ROWS_WRITTEN).absolute(stats.written.load(Relaxed));
+    metrics::counter!(WRITE_ERRORS).absolute(stats.write_errors.load(Relaxed));
+    metrics::gauge!(ROWS_SPOOLED).set(stats.spooled.load(Relaxed) as f64);
+    metrics::gauge!(ROWS_QUEUED).set(stats.queued.load(Relaxed) as f64);
+}
+
+fn model_label(row: &LedgerRow) -> String {
+    match &row.model {
+        Some(model) if row.upstream.is_some() || row.price_id.is_some() => model.clone(),
+        _ => OTHER_MODEL.to_owned(),
+    }
+}
