@@ -192,7 +192,7 @@ impl Meter {
                 self.ledger.nudge_background();
             }
             let row = build_row(ctx, outcome, Utc::now());
-            crate::telemetry::metrics::record_row(&row);
+            crate::telemetry::observe_row(&row);
             self.ledger.record(row);
         }
     }

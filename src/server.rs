@@ -142,6 +142,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     crate::telemetry::metrics::handle();
+    crate::telemetry::traces::install_from_env();
     let drain_deadline = state.config.drain_deadline();
     let stop = CancellationToken::new();
     let app = crate::http::router(state.clone());
@@ -186,5 +187,7 @@ pub async fn run(
     if let Err(err) = background.writer.await {
         tracing::error!(error = %err, "ledger writer failed");
     }
+    // The rows' spans were queued as they were recorded; export the rest.
+    let _ = tokio::task::spawn_blocking(crate::telemetry::traces::shutdown).await;
     Ok(())
 }

@@ -1,10 +1,14 @@
 //! What the gateway tells operators about itself: log lines ([`init`]) and
-//! Prometheus metrics in the names of CONTRACT §11 ([`metrics`]).
+//! Prometheus metrics in the names of CONTRACT §11 ([`metrics`]) and
+//! OpenTelemetry spans over OTLP ([`traces`]).
 //!
 //! Never carries a tenant, key or free-text label: every label set here is
 //! bounded, whatever clients send.
 
 pub mod metrics;
+pub mod traces;
+
+use crate::ledger::LedgerRow;
 
 use tracing_subscriber::EnvFilter;
 
@@ -22,4 +26,10 @@ pub fn init() {
     } else {
         builder.try_init()
     };
+}
+
+/// Everything a finished request tells operators: its metrics and its span.
+pub fn observe_row(row: &LedgerRow) {
+    metrics::record_row(row);
+    traces::record_row(row);
 }

@@ -229,6 +229,11 @@ pub struct GatewayProcess {
 impl GatewayProcess {
     /// `config` is extra TOML for the gateway's config file.
     pub async fn start(pool: &PgPool, config: &str) -> Self {
+        Self::start_with_env(pool, config, &[]).await
+    }
+
+    /// As [`Self::start`], with extra environment variables for the process.
+    pub async fn start_with_env(pool: &PgPool, config: &str, env: &[(&str, &str)]) -> Self {
         let database: String = sqlx::query_scalar("SELECT current_database()")
             .fetch_one(pool)
             .await
@@ -278,6 +283,7 @@ impl GatewayProcess {
             .env("TOLLGATE_UPSTREAM_KEY", "upstream")
             .env("TOLLGATE_SPOOL_DIR", dir.path().join("spool"))
             .env("RUST_LOG", "error")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
