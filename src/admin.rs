@@ -84,6 +84,17 @@ struct NewKey {
     name: String,
 }
 
+/// Creates a client key; the secret is in this answer only.
+#[utoipa::path(post, path = "/admin/keys", tag = "admin", security(("admin" = [])),
+    request_body = crate::http::openapi::NewKeyBody,
+    responses(
+        (status = 201, description = "The new key.", body = crate::auth::CreatedKey),
+        (status = 401, description = "Missing or wrong admin token.", body = crate::error::Envelope),
+        (status = 403, description = "The admin API is disabled (no admin token configured).", body = crate::error::Envelope),
+        (status = 503, description = "The database is unavailable.", body = crate::error::Envelope),
+        (status = 400, description = "The body is not JSON.", body = crate::error::Envelope),
+        (status = 422, description = "Invalid input, the field named in `param`.", body = crate::error::Envelope),
+    ))]
 pub async fn create_key(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -106,16 +117,42 @@ pub struct KeyFilter {
     tenant: Option<String>,
 }
 
+/// Lists keys (never their secrets).
+#[utoipa::path(get, path = "/admin/keys", tag = "admin", security(("admin" = [])),
+    params(("tenant" = Option<String>, Query, description = "Only this tenant's keys.")),
+    responses(
+        (status = 200, description = "The keys.", body = crate::http::openapi::KeyList),
+        (status = 401, description = "Missing or wrong admin token.", body = crate::error::Envelope),
+        (status = 403, description = "The admin API is disabled (no admin token configured).", body = crate::error::Envelope),
+        (status = 503, description = "The database is unavailable.", body = crate::error::Envelope),
+        (status = 400, description = "The body is not JSON.", body = crate::error::Envelope),
+    ))]
 pub async fn list_keys(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Query(filter): Query<KeyFilter>,
 ) -> Result<Response, ApiError> {
     require_admin(&state, &headers)?;
+    if let Some(tenant) = filter.tenant.as_deref().filter(|t| !auth::valid_tenant(t)) {
+        return Err(ApiError::invalid_value(
+            "tenant",
+            format!("{} (got {} bytes)", KeyError::BadTenant, tenant.len()),
+        ));
+    }
     let keys = auth::list_keys(&state.pool, filter.tenant.as_deref()).await?;
     Ok(Json(serde_json::json!({"object": "list", "data": keys})).into_response())
 }
 
+/// Revokes a key at once.
+#[utoipa::path(delete, path = "/admin/keys/{id}", tag = "admin", security(("admin" = [])),
+    params(("id" = String, Path, description = "Key id.")),
+    responses(
+        (status = 200, description = "The revoked key.", body = crate::auth::KeyInfo),
+        (status = 401, description = "Missing or wrong admin token.", body = crate::error::Envelope),
+        (status = 403, description = "The admin API is disabled (no admin token configured).", body = crate::error::Envelope),
+        (status = 503, description = "The database is unavailable.", body = crate::error::Envelope),
+        (status = 404, description = "Not found.", body = crate::error::Envelope),
+    ))]
 pub async fn revoke_key(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -129,6 +166,14 @@ pub async fn revoke_key(
     Ok(Json(revoked).into_response())
 }
 
+/// The price in force of every model.
+#[utoipa::path(get, path = "/admin/prices", tag = "admin", security(("admin" = [])),
+    responses(
+        (status = 200, description = "Current prices.", body = crate::http::openapi::PriceList),
+        (status = 401, description = "Missing or wrong admin token.", body = crate::error::Envelope),
+        (status = 403, description = "The admin API is disabled (no admin token configured).", body = crate::error::Envelope),
+        (status = 503, description = "The database is unavailable.", body = crate::error::Envelope),
+    ))]
 pub async fn list_prices(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -138,6 +183,17 @@ pub async fn list_prices(
     Ok(Json(pricing::current_prices(&table, Utc::now())).into_response())
 }
 
+/// A model's current price and every version.
+#[utoipa::path(get, path = "/admin/prices/{model}", tag = "admin", security(("admin" = [])),
+    params(("model" = String, Path, description = "Public model id (the prefix is optional).")),
+    responses(
+        (status = 200, description = "Current and history.", body = crate::http::openapi::PriceHistory),
+        (status = 401, description = "Missing or wrong admin token.", body = crate::error::Envelope),
+        (status = 403, description = "The admin API is disabled (no admin token configured).", body = crate::error::Envelope),
+        (status = 503, description = "The database is unavailable.", body = crate::error::Envelope),
+        (status = 400, description = "The body is not JSON.", body = crate::error::Envelope),
+        (status = 404, description = "Not found.", body = crate::error::Envelope),
+    ))]
 pub async fn price_history(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -163,6 +219,17 @@ pub async fn price_history(
     .into_response())
 }
 
+#[utoipa::path(put, path = "/admin/prices/{model}", tag = "admin", security(("admin" = [])),
+    params(("model" = String, Path, description = "Public model id (the prefix is optional).")),
+    request_body = crate::http::openapi::PriceBody,
+    responses(
+        (status = 201, description = "The new version.", body = crate::http::openapi::PriceVersion),
+        (status = 401, description = "Missing or wrong admin token.", body = crate::error::Envelope),
+        (status = 403, description = "The admin API is disabled (no admin token configured).", body = crate::error::Envelope),
+        (status = 503, description = "The database is unavailable.", body = crate::error::Envelope),
+        (status = 400, description = "The body is not JSON.", body = crate::error::Envelope),
+        (status = 422, description = "Invalid input, the field named in `param`.", body = crate::error::Envelope),
+    ))]
 /// `PUT /admin/prices/{model}`: a new version; `effective_from` defaults to now.
 pub async fn put_price(
     State(state): State<Arc<AppState>>,
@@ -203,6 +270,16 @@ pub async fn put_price(
     Ok((StatusCode::CREATED, Json(version.to_json())).into_response())
 }
 
+#[utoipa::path(delete, path = "/admin/prices/{model}", tag = "admin", security(("admin" = [])),
+    params(("model" = String, Path, description = "Public model id (the prefix is optional).")),
+    responses(
+        (status = 200, description = "The retirement version.", body = crate::http::openapi::PriceVersion),
+        (status = 401, description = "Missing or wrong admin token.", body = crate::error::Envelope),
+        (status = 403, description = "The admin API is disabled (no admin token configured).", body = crate::error::Envelope),
+        (status = 503, description = "The database is unavailable.", body = crate::error::Envelope),
+        (status = 400, description = "The body is not JSON.", body = crate::error::Envelope),
+        (status = 404, description = "Not found.", body = crate::error::Envelope),
+    ))]
 /// `DELETE /admin/prices/{model}`: retires the model's price from now on (a
 /// new version with no rates), so new requests for it get 404
 /// `model_not_found`. Requests already under way keep the version they
@@ -233,6 +310,16 @@ pub async fn retire_price(
     Ok(Json(version.to_json()).into_response())
 }
 
+#[utoipa::path(post, path = "/admin/reprice", tag = "admin", security(("admin" = [])),
+    request_body = crate::http::openapi::RepriceBody,
+    responses(
+        (status = 200, description = "What was priced.", body = crate::http::openapi::RepriceResult),
+        (status = 401, description = "Missing or wrong admin token.", body = crate::error::Envelope),
+        (status = 403, description = "The admin API is disabled (no admin token configured).", body = crate::error::Envelope),
+        (status = 503, description = "The database is unavailable.", body = crate::error::Envelope),
+        (status = 400, description = "The body is not JSON.", body = crate::error::Envelope),
+        (status = 422, description = "Invalid input, the field named in `param`.", body = crate::error::Envelope),
+    ))]
 /// `POST /admin/reprice {"start_time", "end_time", "models"?}`: prices the
 /// unpriced rows with `start_time <= started_at < end_time` (unix seconds or
 /// RFC 3339) with the versions now in force at their start.
@@ -336,6 +423,16 @@ fn parse_time(raw: &RawValue) -> Result<DateTime<Utc>, ApiError> {
         })
 }
 
+#[utoipa::path(post, path = "/admin/prices/import", tag = "admin", security(("admin" = [])),
+    request_body = Object,
+    responses(
+        (status = 200, description = "What changed.", body = crate::http::openapi::ImportResult),
+        (status = 401, description = "Missing or wrong admin token.", body = crate::error::Envelope),
+        (status = 403, description = "The admin API is disabled (no admin token configured).", body = crate::error::Envelope),
+        (status = 503, description = "The database is unavailable.", body = crate::error::Envelope),
+        (status = 400, description = "The body is not JSON.", body = crate::error::Envelope),
+        (status = 422, description = "Invalid input, the field named in `param`.", body = crate::error::Envelope),
+    ))]
 /// `POST /admin/prices/import`: a LiteLLM `model_prices_and_context_window.json`.
 pub async fn import_prices(
     State(state): State<Arc<AppState>>,

@@ -36,7 +36,7 @@ pub struct Principal {
     pub key_id: Arc<str>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct KeyInfo {
     pub id: String,
     pub tenant: String,
@@ -46,7 +46,7 @@ pub struct KeyInfo {
 }
 
 /// A newly created key: the only moment the secret exists outside the client.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CreatedKey {
     #[serde(flatten)]
     pub info: KeyInfo,

@@ -36,13 +36,16 @@ pub struct ApiError {
     pub source: ErrorSource,
 }
 
-#[derive(Serialize)]
-struct Envelope<'a> {
+/// The OpenAI error envelope every Tollgate-raised error is rendered in.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct Envelope<'a> {
     error: Body<'a>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ErrorBody)]
+pub struct Body<'a> {
     message: &'a str,
     #[serde(rename = "type")]
     kind: &'a str,

@@ -10,10 +10,19 @@ use axum::Json;
 
 use crate::state::{AppState, MIGRATOR};
 
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "`ok`", content_type = "text/plain", body = String)))]
 pub(super) async fn healthz() -> &'static str {
     "ok"
 }
 
+/// Database reachable, migrations applied, ledger state.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready.", body = Object),
+        (status = 503, description = "Not ready; the body says why.", body = Object),
+    ))]
 pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let stats = state.ledger.stats();
     let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);

@@ -10,6 +10,12 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::telemetry::metrics;
 
+/// Prometheus text exposition (CONTRACT §11).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "Metrics.", content_type = "text/plain", body = String),
+        (status = 500, description = "No recorder.", body = crate::error::Envelope),
+    ))]
 pub(super) async fn metrics_endpoint(State(state): State<Arc<AppState>>) -> Response {
     metrics::publish_ledger(state.ledger.stats());
     match metrics::handle() {

@@ -1,5 +1,5 @@
 //! The HTTP edge: the router and its layer order, and the operational
-//! endpoints (health, metrics). Everything below it (handlers, state) is
+//! endpoints (health, metrics, the OpenAPI document). Everything below it (handlers, state) is
 //! imported from here; nothing imports this module but [`crate::server`].
 //!
 //! Layer order, outermost first (each layer sees what the ones below it do):
@@ -14,6 +14,7 @@
 
 mod health;
 mod metrics;
+pub mod openapi;
 
 use std::sync::Arc;
 
@@ -84,6 +85,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics_endpoint))
+        .route("/openapi.json", get(openapi::openapi_json))
         .fallback(not_found)
         .layer(DefaultBodyLimit::disable())
         .layer(TraceLayer::new_for_http())

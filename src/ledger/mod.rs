@@ -88,7 +88,7 @@ impl UsageSource {
 }
 
 /// One ledger row, as written and as served by `/v1/usage/records`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct LedgerRow {
     /// Assigned by the database; absent until the row is stored.
     #[serde(default)]

@@ -35,6 +35,29 @@ pub use params::{
 };
 use usage::push_filter;
 
+/// The caller's tenant's ledger rows (CONTRACT §5).
+#[utoipa::path(get, path = "/v1/usage/records", tag = "usage", security(("key" = [])),
+    params(
+        ("start_time" = Option<String>, Query, description = "Inclusive start: unix seconds or RFC 3339."),
+        ("end_time" = Option<String>, Query, description = "Exclusive end: unix seconds or RFC 3339."),
+        ("models" = Option<String>, Query, description = "Comma-separated public model ids."),
+        ("api_key_ids" = Option<String>, Query, description = "Comma-separated key ids."),
+        ("statuses" = Option<String>, Query, description = "Comma-separated ledger statuses."),
+        ("limit" = Option<i64>, Query, description = "Rows per page, 1-1000 (default 100).", minimum = 1, maximum = 1000),
+        ("after" = Option<String>, Query, description = "The previous page's `next_cursor`."),
+        ("format" = Option<String>, Query, description = "`json` (default) or `csv` (every matching row, streamed)."),
+    ),
+    responses(
+        (status = 400, description = "A bad parameter, named in `param`.", body = crate::error::Envelope),
+        (status = 401, description = "Missing or unknown key.", body = crate::error::Envelope),
+        (status = 503, description = "The database is unavailable.", body = crate::error::Envelope),
+        (status = 200, description = "A page of ledger rows, newest first; with `format=csv`, every matching row as CSV.",
+            content(
+                (crate::http::openapi::RecordsPage = "application/json"),
+                (String = "text/csv"),
+            )),
+        (status = 429, description = "Too many concurrent exports for this tenant.", body = crate::error::Envelope),
+    ))]
 pub async fn tenant_records(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -46,6 +69,31 @@ pub async fn tenant_records(
     records(&state, query).await
 }
 
+/// Every tenant's ledger rows.
+#[utoipa::path(get, path = "/admin/usage/records", tag = "admin", security(("admin" = [])),
+    params(
+        ("start_time" = Option<String>, Query, description = "Inclusive start: unix seconds or RFC 3339."),
+        ("end_time" = Option<String>, Query, description = "Exclusive end: unix seconds or RFC 3339."),
+        ("models" = Option<String>, Query, description = "Comma-separated public model ids."),
+        ("api_key_ids" = Option<String>, Query, description = "Comma-separated key ids."),
+        ("statuses" = Option<String>, Query, description = "Comma-separated ledger statuses."),
+        ("limit" = Option<i64>, Query, description = "Rows per page, 1-1000 (default 100).", minimum = 1, maximum = 1000),
+        ("after" = Option<String>, Query, description = "The previous page's `next_cursor`."),
+        ("format" = Option<String>, Query, description = "`json` (default) or `csv` (every matching row, streamed)."),
+        ("tenants" = Option<String>, Query, description = "Comma-separated tenants."),
+    ),
+    responses(
+        (status = 400, description = "A bad parameter, named in `param`.", body = crate::error::Envelope),
+        (status = 401, description = "Missing or wrong admin token.", body = crate::error::Envelope),
+        (status = 403, description = "The admin API is disabled (no admin token configured).", body = crate::error::Envelope),
+        (status = 503, description = "The database is unavailable.", body = crate::error::Envelope),
+        (status = 200, description = "A page of ledger rows, newest first; with `format=csv`, every matching row as CSV.",
+            content(
+                (crate::http::openapi::RecordsPage = "application/json"),
+                (String = "text/csv"),
+            )),
+        (status = 429, description = "Too many concurrent exports.", body = crate::error::Envelope),
+    ))]
 pub async fn admin_records(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -56,6 +104,25 @@ pub async fn admin_records(
     records(&state, query).await
 }
 
+/// The caller's tenant's usage and cost per UTC bucket (CONTRACT §6).
+#[utoipa::path(get, path = "/v1/usage", tag = "usage", security(("key" = [])),
+    params(
+        ("start_time" = String, Query, description = "Inclusive start: unix seconds or RFC 3339."),
+        ("end_time" = Option<String>, Query, description = "Exclusive end (default now)."),
+        ("bucket_width" = Option<String>, Query, description = "`1m`, `1h` or `1d` (default)."),
+        ("group_by" = Option<String>, Query, description = "Comma-separated: model, api_key_id, service_tier, status, end_user."),
+        ("models" = Option<String>, Query, description = "Comma-separated public model ids."),
+        ("api_key_ids" = Option<String>, Query, description = "Comma-separated key ids."),
+        ("statuses" = Option<String>, Query, description = "Comma-separated ledger statuses."),
+        ("limit" = Option<i64>, Query, description = "Buckets per page (per bucket width)."),
+        ("page" = Option<String>, Query, description = "The previous page's `next_page`."),
+    ),
+    responses(
+        (status = 400, description = "A bad parameter, named in `param`.", body = crate::error::Envelope),
+        (status = 401, description = "Missing or unknown key.", body = crate::error::Envelope),
+        (status = 503, description = "The database is unavailable.", body = crate::error::Envelope),
+        (status = 200, description = "Usage buckets.", body = crate::reports::usage::UsagePage),
+    ))]
 pub async fn tenant_usage(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -69,6 +136,27 @@ pub async fn tenant_usage(
     Ok(Json(page).into_response())
 }
 
+/// Every tenant's usage buckets; `group_by` may also name `tenant`.
+#[utoipa::path(get, path = "/admin/usage", tag = "admin", security(("admin" = [])),
+    params(
+        ("start_time" = String, Query, description = "Inclusive start: unix seconds or RFC 3339."),
+        ("end_time" = Option<String>, Query, description = "Exclusive end (default now)."),
+        ("bucket_width" = Option<String>, Query, description = "`1m`, `1h` or `1d` (default)."),
+        ("group_by" = Option<String>, Query, description = "Comma-separated: model, api_key_id, service_tier, status, end_user."),
+        ("models" = Option<String>, Query, description = "Comma-separated public model ids."),
+        ("api_key_ids" = Option<String>, Query, description = "Comma-separated key ids."),
+        ("statuses" = Option<String>, Query, description = "Comma-separated ledger statuses."),
+        ("limit" = Option<i64>, Query, description = "Buckets per page (per bucket width)."),
+        ("page" = Option<String>, Query, description = "The previous page's `next_page`."),
+        ("tenants" = Option<String>, Query, description = "Comma-separated tenants."),
+    ),
+    responses(
+        (status = 400, description = "A bad parameter, named in `param`.", body = crate::error::Envelope),
+        (status = 401, description = "Missing or wrong admin token.", body = crate::error::Envelope),
+        (status = 403, description = "The admin API is disabled (no admin token configured).", body = crate::error::Envelope),
+        (status = 503, description = "The database is unavailable.", body = crate::error::Envelope),
+        (status = 200, description = "Usage buckets.", body = crate::reports::usage::UsagePage),
+    ))]
 pub async fn admin_usage(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,

@@ -123,7 +123,7 @@ fn cut(from: i64, to: i64, sources: &[Source], out: &mut Vec<Segment>) {
 }
 
 /// One page of the report, as the API returns it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UsagePage {
     pub object: &'static str,
     pub data: Vec<UsageBucket>,
@@ -131,7 +131,7 @@ pub struct UsagePage {
     pub next_page: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UsageBucket {
     pub object: &'static str,
     pub start_time: i64,
@@ -141,7 +141,7 @@ pub struct UsageBucket {
 
 /// Group fields not grouped by are null, as in OpenAI's API; `tenant`
 /// appears on the admin endpoint only.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UsageResult {
     pub object: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -161,7 +161,7 @@ pub struct UsageResult {
     pub unpriced_requests: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Cost {
     /// Exact decimal string, shortest form: the sum of the priced rows.
     pub value: String,
