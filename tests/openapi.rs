@@ -53,6 +53,8 @@ fn schemathesis(bin: &Path, base: &str, token: &str, scope: &[&str]) -> String {
         .args(["--phases", "examples,coverage,fuzzing"])
         .args(scope)
         .env("NO_COLOR", "1")
+        // Its caches and hypothesis' example database stay out of the tree.
+        .current_dir(std::env::temp_dir())
         .output()
         .expect("schemathesis runs");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
