@@ -460,3 +460,34 @@ async fn reload(state: &AppState) {
         tracing::warn!(error = %err, "price reload after a change failed; the periodic reload will retry");
     }
 }
+
+#[derive(Deserialize)]
+pub struct QuarantineQuery {
+    limit: Option<i64>,
+}
+
+/// Ledger rows the database refused, newest first, each with the
+/// database's reason and the row as the gateway built it (JSON text).
+#[utoipa::path(get, path = "/admin/ledger/quarantine", tag = "admin", security(("admin" = [])),
+    params(("limit" = Option<i64>, Query, description = "At most this many (1-1000, default 100).", minimum = 1, maximum = 1000)),
+    responses(
+        (status = 200, description = "Quarantined rows.", body = crate::http::openapi::QuarantineList),
+        (status = 400, description = "A bad parameter.", body = crate::error::Envelope),
+        (status = 401, description = "Missing or wrong admin token.", body = crate::error::Envelope),
+        (status = 403, description = "The admin API is disabled (no admin token configured).", body = crate::error::Envelope),
+        (status = 503, description = "The database is unavailable.", body = crate::error::Envelope),
+    ))]
+pub async fn list_quarantine(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<QuarantineQuery>,
+) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid_value("limit", "'limit' must be 1-1000."));
+    }
+    let rows = crate::ledger::quarantine::list(&state.pool, limit).await?;
+    let total = crate::ledger::quarantine::count(&state.pool).await?;
+    Ok(Json(serde_json::json!({"object": "list", "data": rows, "total": total})).into_response())
+}

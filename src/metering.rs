@@ -14,7 +14,7 @@ use rust_decimal::Decimal;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::ledger::{LedgerHandle, LedgerRow, RequestStatus, UsageSource};
+use crate::ledger::{boundary, LedgerHandle, LedgerRow, RequestStatus, UsageSource};
 use crate::pricing::{cost, PriceVersion};
 use crate::usage::{ResponseSummary, Usage};
 
@@ -209,34 +209,112 @@ impl Drop for Meter {
     }
 }
 
-/// Prices the outcome with the version captured at the request's start.
+/// What a row bills: the usage as stored, where it came from, and its price.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Billing {
+    /// Zero when there is no usage to store (missing or invalid).
+    pub usage: Usage,
+    pub usage_source: UsageSource,
+    pub cost: Option<Decimal>,
+    pub price_id: Option<i64>,
+    pub unpriced_reason: Option<String>,
+    /// What the upstream reported when it cannot be true.
+    pub anomaly: Option<String>,
+}
+
+/// The one place a usage report becomes a bill: usage that cannot be true
+/// (see [`boundary::usage_problem`]) and costs beyond [`boundary::max_cost`]
+/// are `invalid`, never priced and never stored as numbers the database
+/// would refuse; what was reported stays in `anomaly`. Used for every new
+/// row and for every settled background row.
+pub fn bill(
+    status: RequestStatus,
+    source: UsageSource,
+    summary: &ResponseSummary,
+    price: Option<&PriceVersion>,
+) -> Billing {
+    let invalid = |anomaly: String| Billing {
+        usage: Usage::default(),
+        usage_source: UsageSource::Invalid,
+        cost: None,
+        price_id: None,
+        unpriced_reason: Some("usage_invalid".to_owned()),
+        anomaly: Some(anomaly),
+    };
+    if let Some(problem) = summary.usage_problem {
+        return invalid(format!("usage_invalid: {problem}"));
+    }
+    if let Some(usage) = &summary.usage {
+        if let Some(reason) = boundary::usage_problem(usage) {
+            return invalid(boundary::describe_invalid_usage(reason, usage));
+        }
+    }
+    let (cost, price_id, unpriced_reason) = if summary.usage.is_none()
+        && matches!(
+            status,
+            RequestStatus::Rejected | RequestStatus::UpstreamError
+        ) {
+        // Refused or failed before the backend did any work: nothing to
+        // bill, and we know it.
+        (Some(Decimal::ZERO), None, None)
+    } else if summary.usage.is_none() && status == RequestStatus::Queued {
+        (None, None, Some("background_pending".to_owned()))
+    } else {
+        price_usage(
+            price,
+            summary.usage.as_ref(),
+            summary.service_tier.as_deref(),
+        )
+    };
+    if let (Some(cost), Some(usage)) = (cost, &summary.usage) {
+        if cost.abs() > boundary::max_cost() {
+            return invalid(boundary::describe_invalid_usage("cost_out_of_range", usage));
+        }
+    }
+    Billing {
+        usage: summary.usage.unwrap_or_default(),
+        usage_source: if summary.usage.is_some() {
+            source
+        } else {
+            UsageSource::Missing
+        },
+        cost,
+        price_id,
+        unpriced_reason,
+        anomaly: None,
+    }
+}
+
+/// Prices the outcome with the version captured at the request's start,
+/// then seals the row at the ledger's boundary.
 pub fn build_row(ctx: RequestContext, outcome: Outcome, finished_at: DateTime<Utc>) -> LedgerRow {
-    let summary = outcome.summary.unwrap_or_default();
-    let usage = summary.usage.filter(|_| ctx.billable);
+    let mut summary = outcome.summary.unwrap_or_default();
+    let billing = if ctx.billable {
+        bill(
+            outcome.status,
+            outcome.usage_source,
+            &summary,
+            ctx.price.as_deref(),
+        )
+    } else {
+        // A call that causes no usage (retrieve, delete, ...).
+        summary.usage = None;
+        summary.usage_problem = None;
+        Billing {
+            usage: Usage::default(),
+            usage_source: UsageSource::Missing,
+            cost: Some(Decimal::ZERO),
+            price_id: None,
+            unpriced_reason: None,
+            anomaly: None,
+        }
+    };
     let currency = ctx
         .price
         .as_ref()
         .map_or_else(|| "usd".to_owned(), |p| p.currency.clone());
-    let (cost, price_id, unpriced_reason) = if !ctx.billable
-        || (usage.is_none()
-            && matches!(
-                outcome.status,
-                RequestStatus::Rejected | RequestStatus::UpstreamError
-            )) {
-        // Refused or failed before the backend did any work, or a call that
-        // causes no usage: nothing to bill, and we know it.
-        (Some(Decimal::ZERO), None, None)
-    } else if usage.is_none() && outcome.status == RequestStatus::Queued {
-        (None, None, Some("background_pending".to_owned()))
-    } else {
-        price_usage(
-            ctx.price.as_deref(),
-            usage.as_ref(),
-            summary.service_tier.as_deref(),
-        )
-    };
-    let usage = usage.unwrap_or_default();
-    LedgerRow {
+    let usage = billing.usage;
+    let mut row = LedgerRow {
         id: None,
         request_id: ctx.request_id,
         response_id: outcome.response_id.or(summary.id),
@@ -248,20 +326,16 @@ pub fn build_row(ctx: RequestContext, outcome: Outcome, finished_at: DateTime<Ut
         upstream_model: summary.model,
         stream: ctx.stream,
         status: outcome.status.as_str().to_owned(),
-        usage_source: if ctx.billable {
-            outcome.usage_source.as_str().to_owned()
-        } else {
-            UsageSource::Missing.as_str().to_owned()
-        },
+        usage_source: billing.usage_source.as_str().to_owned(),
         input_tokens: usage.input_tokens,
         cached_tokens: usage.cached_tokens,
         output_tokens: usage.output_tokens,
         reasoning_tokens: usage.reasoning_tokens,
         total_tokens: usage.total_tokens,
         service_tier: summary.service_tier,
-        price_id,
-        cost,
-        unpriced_reason,
+        price_id: billing.price_id,
+        cost: billing.cost,
+        unpriced_reason: billing.unpriced_reason,
         currency,
         http_status: outcome.http_status.map(i32::from),
         error_code: outcome.error_code,
@@ -273,7 +347,10 @@ pub fn build_row(ctx: RequestContext, outcome: Outcome, finished_at: DateTime<Ut
         started_at: ctx.started_at,
         first_byte_at: outcome.first_byte_at,
         finished_at,
-    }
+        anomaly: billing.anomaly,
+    };
+    boundary::seal(&mut row);
+    row
 }
 
 /// Cost, price id and unpriced reason of `usage` under `price`.

@@ -15,8 +15,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use crate::ledger::{RequestStatus, UsageSource};
-use crate::metering::{price_usage, Outcome};
+use crate::ledger::{boundary, RequestStatus, UsageSource};
+use crate::metering::{bill, Billing, Outcome};
 use crate::state::AppState;
 use crate::usage::ResponseSummary;
 
@@ -89,8 +89,16 @@ pub async fn settle_pending(state: &AppState) -> Result<u64, sqlx::Error> {
             .model
             .as_deref()
             .and_then(|model| state.prices.lookup(model, row.started_at));
-        if settle(&state.pool, &row.request_id, outcome, price.as_deref()).await? {
-            settled += 1;
+        match settle(&state.pool, &row.request_id, outcome, price.as_deref()).await {
+            Ok(true) => settled += 1,
+            Ok(false) => {}
+            // One row the database refuses must not stop the others: it
+            // stays queued, is logged with its reason, and the pass goes on.
+            Err(err) if crate::ledger::quarantine::is_refusal(&err) => {
+                tracing::error!(request_id = %row.request_id, error = %err,
+                    "background settlement refused by the database; left queued");
+            }
+            Err(err) => return Err(err),
         }
     }
     Ok(settled)
@@ -112,43 +120,66 @@ async fn settle(
     price: Option<&crate::pricing::PriceVersion>,
 ) -> Result<bool, sqlx::Error> {
     let summary = outcome.summary.clone().unwrap_or_default();
-    let (cost, price_id, unpriced_reason) = match outcome.status {
-        RequestStatus::Interrupted => (None, None, Some("usage_missing".to_owned())),
-        _ => price_usage(
-            price,
-            summary.usage.as_ref(),
-            summary.service_tier.as_deref(),
-        ),
+    let billing = match outcome.status {
+        RequestStatus::Interrupted => Billing {
+            usage: Default::default(),
+            usage_source: UsageSource::Missing,
+            cost: None,
+            price_id: None,
+            unpriced_reason: Some("usage_missing".to_owned()),
+            anomaly: None,
+        },
+        _ => bill(outcome.status, UsageSource::Reported, &summary, price),
     };
-    let usage = summary.usage.unwrap_or_default();
-    let usage_source = if summary.usage.is_some() {
-        UsageSource::Reported
-    } else {
-        UsageSource::Missing
-    };
+    let usage = billing.usage;
+    // The same bounds as a new row: the values come from the upstream.
+    let mut notes = Vec::new();
+    let (mut service_tier, mut upstream_model, mut error_code) =
+        (summary.service_tier, summary.model, outcome.error_code);
+    boundary::bound_optional(
+        "service_tier",
+        &mut service_tier,
+        boundary::MAX_SERVICE_TIER_CHARS,
+        &mut notes,
+    );
+    boundary::bound_optional(
+        "upstream_model",
+        &mut upstream_model,
+        boundary::MAX_MODEL_CHARS,
+        &mut notes,
+    );
+    boundary::bound_optional(
+        "error_code",
+        &mut error_code,
+        boundary::MAX_CODE_CHARS,
+        &mut notes,
+    );
+    let mut anomaly = billing.anomaly;
+    boundary::note_anomalies(&mut anomaly, notes);
     let result = sqlx::query(
         "UPDATE usage_ledger SET status = $2, usage_source = $3, input_tokens = $4,
             cached_tokens = $5, output_tokens = $6, reasoning_tokens = $7, total_tokens = $8,
             service_tier = $9, upstream_model = COALESCE($10, upstream_model), cost = $11,
             price_id = $12, unpriced_reason = $13, error_code = $14, mcp_calls = $15,
-            finished_at = now()
+            anomaly = $16, finished_at = now()
          WHERE request_id = $1 AND status = 'queued'",
     )
     .bind(request_id)
     .bind(outcome.status.as_str())
-    .bind(usage_source.as_str())
+    .bind(billing.usage_source.as_str())
     .bind(usage.input_tokens)
     .bind(usage.cached_tokens)
     .bind(usage.output_tokens)
     .bind(usage.reasoning_tokens)
     .bind(usage.total_tokens)
-    .bind(summary.service_tier)
-    .bind(summary.model)
-    .bind(cost)
-    .bind(price_id)
-    .bind(unpriced_reason)
-    .bind(outcome.error_code)
+    .bind(service_tier)
+    .bind(upstream_model)
+    .bind(billing.cost)
+    .bind(billing.price_id)
+    .bind(billing.unpriced_reason)
+    .bind(error_code)
     .bind(i32::try_from(summary.mcp_calls).unwrap_or(i32::MAX))
+    .bind(anomaly)
     .execute(pool)
     .await?;
     Ok(result.rows_affected() == 1)

@@ -72,6 +72,9 @@ pub struct ResponseSummary {
     pub error_code: Option<String>,
     /// Number of output items with `"type":"mcp_call"`.
     pub mcp_calls: u32,
+    /// Set when the response carried a `usage` object that reports no
+    /// counts at all (`usage: {}`): not a zero to bill, an invalid report.
+    pub usage_problem: Option<&'static str>,
 }
 
 impl ResponseSummary {
@@ -407,7 +410,16 @@ impl RawResponse {
             status: self.status.and_then(Scalar::into_str),
             model: self.model.and_then(Scalar::into_str),
             service_tier: self.service_tier.and_then(Scalar::into_str),
-            usage: self.usage.map(|MapOnly(u)| u.into_usage()),
+            usage: self
+                .usage
+                .as_ref()
+                .filter(|MapOnly(u)| u.has_counts())
+                .map(|MapOnly(u)| u.to_usage()),
+            usage_problem: self
+                .usage
+                .as_ref()
+                .filter(|MapOnly(u)| !u.has_counts())
+                .map(|_| "usage_without_counts"),
             error_code: self.error.and_then(LooseError::code_or_type),
             mcp_calls: self.output.map_or(0, |c| c.0),
         }
@@ -443,18 +455,25 @@ struct OutputDetails {
 }
 
 impl RawUsage {
-    fn into_usage(self) -> Usage {
+    /// An upstream that reports usage reports at least one of the totals.
+    fn has_counts(&self) -> bool {
+        self.input_tokens.is_some() || self.output_tokens.is_some()
+    }
+
+    fn to_usage(&self) -> Usage {
         let input_tokens = self.input_tokens.unwrap_or(0);
         let output_tokens = self.output_tokens.unwrap_or(0);
         Usage {
             input_tokens,
             cached_tokens: self
                 .input_tokens_details
+                .as_ref()
                 .and_then(|MapOnly(d)| d.cached_tokens)
                 .unwrap_or(0),
             output_tokens,
             reasoning_tokens: self
                 .output_tokens_details
+                .as_ref()
                 .and_then(|MapOnly(d)| d.reasoning_tokens)
                 .unwrap_or(0),
             // Saturating: absurd upstream values must not overflow-panic in

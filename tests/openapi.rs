@@ -32,6 +32,7 @@ const OWNED: &[(&str, &str)] = &[
     ("delete", "/admin/prices/{model}"),
     ("post", "/admin/prices/import"),
     ("post", "/admin/reprice"),
+    ("get", "/admin/ledger/quarantine"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),

@@ -852,6 +852,7 @@ fn writer_rows(n: usize, triggers: bool) -> Vec<LedgerRow> {
                 started_at: at,
                 first_byte_at: Some(at),
                 finished_at: at,
+                anomaly: None,
             }
         })
         .collect()

@@ -44,6 +44,7 @@ pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             "queued_rows": load(&stats.queued),
             "spooled_rows": load(&stats.spooled),
             "written_rows": load(&stats.written),
+            "quarantined_rows": load(&stats.quarantined),
         },
     });
     let status = if ready {

@@ -76,6 +76,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .delete(admin::retire_price),
         )
         .route("/admin/reprice", post(admin::reprice))
+        .route("/admin/ledger/quarantine", get(admin::list_quarantine))
         .route("/admin/usage", get(reports::admin_usage))
         .route("/admin/usage/records", get(reports::admin_records))
         .layer(DefaultBodyLimit::max(limit));

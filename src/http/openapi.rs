@@ -45,6 +45,7 @@ pub const OPENAI_SPEC: &str = "https://github.com/openai/openai-openapi";
         crate::admin::retire_price,
         crate::admin::reprice,
         crate::admin::import_prices,
+        crate::admin::list_quarantine,
         super::health::healthz,
         super::health::readyz,
         super::metrics::metrics_endpoint,
@@ -211,4 +212,13 @@ pub struct ImportResult {
     pub imported: Vec<String>,
     pub unchanged: i64,
     pub skipped: Vec<serde_json::Value>,
+}
+
+/// `GET /admin/ledger/quarantine`.
+#[derive(ToSchema)]
+pub struct QuarantineList {
+    pub object: String,
+    pub data: Vec<crate::ledger::quarantine::QuarantinedRow>,
+    /// Every quarantined row, not only this page.
+    pub total: i64,
 }

@@ -9,7 +9,9 @@
 //! replayed when the database is back. The request id is the idempotency key
 //! everywhere: nothing claims it before the row is durable.
 
+pub mod boundary;
 pub mod owners;
+pub mod quarantine;
 pub mod spool;
 mod writer;
 
@@ -75,6 +77,10 @@ pub enum UsageSource {
     Recovered,
     /// The upstream never reported usage for this request.
     Missing,
+    /// The upstream reported usage that cannot be true (negative, parts
+    /// larger than totals, absurdly large, no counts at all); what it
+    /// reported is in the row's `anomaly`.
+    Invalid,
 }
 
 impl UsageSource {
@@ -83,6 +89,7 @@ impl UsageSource {
             Self::Reported => "reported",
             Self::Recovered => "recovered",
             Self::Missing => "missing",
+            Self::Invalid => "invalid",
         }
     }
 }
@@ -127,6 +134,10 @@ pub struct LedgerRow {
     pub started_at: DateTime<Utc>,
     pub first_byte_at: Option<DateTime<Utc>>,
     pub finished_at: DateTime<Utc>,
+    /// What the row boundary found or changed (invalid usage as reported,
+    /// NUL bytes, over-long text); null for an ordinary row.
+    #[serde(default)]
+    pub anomaly: Option<String>,
 }
 
 /// The column list shared by reads and CSV output, in CONTRACT §5 order.
@@ -135,7 +146,7 @@ pub const COLUMNS: &str =
      model, upstream, upstream_model, stream, status, usage_source, input_tokens, cached_tokens, \
      output_tokens, reasoning_tokens, total_tokens, service_tier, price_id, cost, unpriced_reason, \
      currency, http_status, error_code, attempts, fallback_from, end_user, client_disconnected, \
-     mcp_calls, started_at, first_byte_at, finished_at";
+     mcp_calls, started_at, first_byte_at, finished_at, anomaly";
 
 /// The database keeps cost at scale 16; clients get the shortest exact form.
 fn serialize_cost<S: serde::Serializer>(cost: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {
@@ -181,5 +192,6 @@ pub(crate) fn sample_row(request_id: &str) -> LedgerRow {
         started_at: chrono::Utc::now(),
         first_byte_at: None,
         finished_at: chrono::Utc::now(),
+        anomaly: None,
     }
 }

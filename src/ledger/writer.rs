@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::owners::{Owner, RecentResponses, CREATING_ENDPOINTS};
+use super::quarantine::{insert_isolating, Stored};
 use super::spool::Spool;
 use super::LedgerRow;
 
@@ -28,6 +29,16 @@ pub struct LedgerStats {
     /// Rows waiting in the spool for the database.
     pub spooled: AtomicU64,
     pub write_errors: AtomicU64,
+    /// Rows the database refused, isolated and kept in `ledger_quarantine`.
+    pub quarantined: AtomicU64,
+}
+
+impl LedgerStats {
+    fn stored(&self, stored: Stored) {
+        self.written.fetch_add(stored.written, Ordering::Relaxed);
+        self.quarantined
+            .fetch_add(stored.quarantined, Ordering::Relaxed);
+    }
 }
 
 /// Cheap to clone; recording never blocks and never fails while the writer runs.
@@ -272,12 +283,10 @@ impl Writer {
         let inserted = if self.database_down {
             Err(sqlx::Error::PoolTimedOut)
         } else {
-            insert_rows(&self.pool, &rows).await
+            insert_isolating(&self.pool, &rows).await
         };
         match inserted {
-            Ok(()) => {
-                self.stats.written.fetch_add(count, Ordering::Relaxed);
-            }
+            Ok(stored) => self.stats.stored(stored),
             Err(err) => {
                 if !self.database_down {
                     self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -304,10 +313,8 @@ impl Writer {
         let mut delay = Duration::from_millis(100);
         loop {
             tokio::time::sleep(delay).await;
-            if insert_rows(&self.pool, &rows).await.is_ok() {
-                self.stats
-                    .written
-                    .fetch_add(rows.len() as u64, Ordering::Relaxed);
+            if let Ok(stored) = insert_isolating(&self.pool, &rows).await {
+                self.stats.stored(stored);
                 return;
             }
             delay = (delay * 2).min(Duration::from_secs(5));
@@ -325,22 +332,32 @@ impl Writer {
         }
         let pool = self.pool.clone();
         let batch_max = self.batch_max;
+        // A spooled row the database refuses is quarantined like a live one:
+        // replay can never stick on it.
+        let quarantined = Arc::new(AtomicU64::new(0));
         let result = self
             .spool
             .replay(|rows| {
-                let pool = pool.clone();
+                let (pool, quarantined) = (pool.clone(), quarantined.clone());
                 async move {
                     for chunk in rows.chunks(batch_max) {
-                        insert_rows(&pool, chunk).await?;
+                        let stored = insert_isolating(&pool, chunk).await?;
+                        quarantined.fetch_add(stored.quarantined, Ordering::Relaxed);
                     }
                     Ok::<_, sqlx::Error>(())
                 }
             })
             .await;
+        let quarantined = quarantined.load(Ordering::Relaxed);
+        self.stats
+            .quarantined
+            .fetch_add(quarantined, Ordering::Relaxed);
         match result {
             Ok(replayed) if replayed > 0 => {
-                tracing::info!(rows = replayed, "replayed spooled ledger rows");
-                self.stats.written.fetch_add(replayed, Ordering::Relaxed);
+                tracing::info!(rows = replayed, quarantined, "replayed spooled ledger rows");
+                self.stats
+                    .written
+                    .fetch_add(replayed.saturating_sub(quarantined), Ordering::Relaxed);
                 let left = self.stats.spooled.load(Ordering::Relaxed);
                 self.stats
                     .spooled
@@ -390,13 +407,13 @@ pub(crate) async fn insert_rows(pool: &PgPool, rows: &[LedgerRow]) -> Result<(),
             upstream, upstream_model, stream, status, usage_source, input_tokens, cached_tokens,
             output_tokens, reasoning_tokens, total_tokens, service_tier, price_id, cost,
             unpriced_reason, currency, http_status, error_code, attempts, fallback_from, end_user,
-            client_disconnected, mcp_calls, started_at, first_byte_at, finished_at)
+            client_disconnected, mcp_calls, started_at, first_byte_at, finished_at, anomaly)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
             $6::text[], $7::text[], $8::text[], $9::bool[], $10::text[], $11::text[], $12::int8[],
             $13::int8[], $14::int8[], $15::int8[], $16::int8[], $17::text[], $18::int8[],
             $19::numeric[], $20::text[], $21::text[], $22::int4[], $23::text[], $24::int4[],
             $25::text[], $26::text[], $27::bool[], $28::int4[], $29::timestamptz[],
-            $30::timestamptz[], $31::timestamptz[])
+            $30::timestamptz[], $31::timestamptz[], $32::text[])
          ON CONFLICT (request_id) DO NOTHING",
     )
     .bind(text!(request_id))
@@ -430,6 +447,7 @@ pub(crate) async fn insert_rows(pool: &PgPool, rows: &[LedgerRow]) -> Result<(),
     .bind(column!(started_at))
     .bind(column!(first_byte_at))
     .bind(column!(finished_at))
+    .bind(optional_text!(anomaly))
     .execute(pool)
     .await?;
     Ok(())

@@ -72,6 +72,7 @@ pub fn write_row(out: &mut String, row: &LedgerRow) {
     w.time(Some(row.started_at));
     w.time(row.first_byte_at);
     w.time(Some(row.finished_at));
+    w.opt_text(row.anomaly.as_deref());
     out.push_str("\r\n");
 }
 

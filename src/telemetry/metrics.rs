@@ -200,6 +200,7 @@ pub fn publish_ledger(stats: &LedgerStats) {
     use std::sync::atomic::Ordering::Relaxed;
     metrics::counter!(ROWS_WRITTEN).absolute(stats.written.load(Relaxed));
     metrics::counter!(WRITE_ERRORS).absolute(stats.write_errors.load(Relaxed));
+    metrics::counter!(ROWS_QUARANTINED).absolute(stats.quarantined.load(Relaxed));
     metrics::gauge!(ROWS_SPOOLED).set(stats.spooled.load(Relaxed) as f64);
     metrics::gauge!(ROWS_QUEUED).set(stats.queued.load(Relaxed) as f64);
 }

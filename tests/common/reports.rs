@@ -153,6 +153,7 @@ pub fn random_rows(
                     .random_bool(0.7)
                     .then(|| started_at + chrono::TimeDelta::milliseconds(120)),
                 finished_at: started_at + chrono::TimeDelta::milliseconds(900),
+                anomaly: None,
             }
         })
         .collect()

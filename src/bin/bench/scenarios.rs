@@ -1050,6 +1050,7 @@ fn synthetic_row(i: usize) -> tollgate::ledger::LedgerRow {
         started_at: now,
         first_byte_at: Some(now),
         finished_at: now,
+        anomaly: None,
     }
 }
 
