@@ -9,10 +9,12 @@
 //! → the meter's one end-of-request record. Every refusal after
 //! authentication is metered too.
 
+pub mod admit;
 pub mod request;
 pub mod route;
 pub mod tap;
 pub mod upstream;
+pub mod validate;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +35,8 @@ use crate::ledger::owners::owner_of;
 use crate::metering::{Meter, RequestContext};
 use crate::state::AppState;
 use crate::usage::error_code_from_body;
-use request::{parse_create, Fallback};
+use admit::admit;
+use request::{parse_create, CreateRequest, Fallback};
 use route::{auto_chain, Deployment};
 use tap::{MeteredBody, Observer, TapSettings, UpstreamBody};
 use upstream::{forwarded_headers, retry_after, Upstream, UpstreamError};
@@ -146,13 +149,26 @@ async fn routed(state: &AppState, headers: &HeaderMap, body: Body, kind: Routed)
     with_request_id(response, &request_id)
 }
 
-/// One model to try, with what the fallback rules give it.
+/// One model to try, with what the fallback rules give it, already checked.
 struct Candidate {
     model: String,
     overrides: Vec<(String, Box<RawValue>)>,
     max_retries: u32,
+    /// Where this candidate's referenced state lives.
+    pinned: Option<String>,
+    /// The end user of this candidate's body (an override may change it).
+    end_user: Option<String>,
 }
 
+/// The answer of the candidate that served (or failed last).
+struct Served {
+    result: Result<Reply, ApiError>,
+    deployment: Deployment,
+    index: usize,
+    attempts: i32,
+}
+
+/// parse → candidates (each checked like the request) → send → respond.
 async fn forward_routed(
     state: &AppState,
     mut meter: Meter,
@@ -160,79 +176,103 @@ async fn forward_routed(
     body: Body,
     kind: Routed,
 ) -> Response {
-    macro_rules! refuse {
-        ($err:expr) => {{
-            let err = $err;
+    let prepared = match prepare(state, &mut meter, headers, body, kind).await {
+        Ok(prepared) => prepared,
+        Err(err) => {
             meter.reject(&err);
             return err.into_response();
-        }};
-    }
-    let bytes = match read_body(headers, body, state.config.body_limit_bytes).await {
-        Ok(bytes) => bytes,
-        Err(err) => refuse!(err),
+        }
     };
+    let (request, chain) = prepared;
+    let served = match send_chain(state, &request, &chain, kind, meter.request_id()).await {
+        Ok(Some(served)) => served,
+        Ok(None) => {
+            let err = ApiError::model_not_found(&request.model);
+            meter.reject(&err);
+            return err.into_response();
+        }
+        Err(err) => {
+            meter.reject(&err);
+            return err.into_response();
+        }
+    };
+    answer(state, meter, &request, &chain, served)
+}
+
+/// Everything decided before the first byte goes upstream: the body read and
+/// parsed, the ledger context set, and every candidate built and checked.
+async fn prepare(
+    state: &AppState,
+    meter: &mut Meter,
+    headers: &HeaderMap,
+    body: Body,
+    kind: Routed,
+) -> Result<(CreateRequest, Vec<Candidate>), ApiError> {
+    let bytes = read_body(headers, body, state.config.body_limit_bytes).await?;
+    let ctx = meter
+        .ctx_mut()
+        .ok_or_else(|| ApiError::internal("meter without context"))?;
     let request = match parse_create(&bytes, &state.config.model_prefix) {
         Ok(request) => request,
         Err(rejection) => {
-            if let Some(ctx) = meter.ctx_mut() {
-                ctx.model = rejection.partial.model;
-                ctx.stream = rejection.partial.stream;
-                ctx.end_user = rejection.partial.end_user;
-            }
-            refuse!(rejection.error)
+            // Only values that passed their checks are on the partial.
+            ctx.model = rejection.partial.model;
+            ctx.stream = rejection.partial.stream;
+            ctx.end_user = rejection.partial.end_user;
+            return Err(rejection.error);
         }
-    };
-    let Some(ctx) = meter.ctx_mut() else {
-        return ApiError::internal("meter without context").into_response();
     };
     ctx.model = Some(request.model.clone());
     ctx.stream = request.stream;
-    ctx.end_user = request.end_user.clone();
+    ctx.end_user = request.facts.end_user.clone();
     let tenant = ctx.principal.tenant.clone();
     let started_at = ctx.started_at;
+    let chain = build_candidates(state, &request, kind, started_at)?;
+    let chain = admit_candidates(state, &request, &tenant, chain).await?;
+    Ok((request, chain))
+}
 
-    if let Some(allowed) = state.config.mcp_allowed_hosts.get(tenant.as_ref()) {
-        if let Some(server) = request.mcp_servers.iter().find(|s| {
-            !allowed
-                .iter()
-                .any(|host| host.eq_ignore_ascii_case(&s.host))
-        }) {
-            refuse!(ApiError::invalid_value(
-                format!("tools[{}].server_url", server.index),
-                format!(
-                    "The MCP server host '{}' is not allowed for this key.",
-                    server.host
-                ),
-            )
-            .with_code("mcp_server_not_allowed"))
-        }
+/// A model the price book must know, unless unpriced models are allowed.
+fn require_price(
+    state: &AppState,
+    kind: Routed,
+    model: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> bool {
+    state.config.prices.allow_unpriced_models
+        || !kind.billable()
+        || state.prices.lookup(model, at).is_some()
+}
+
+/// The request's model, then its fallbacks in order (`"auto"` expanded),
+/// each with its overrides and the parameter path that names it.
+fn build_candidates(
+    state: &AppState,
+    request: &CreateRequest,
+    kind: Routed,
+    started_at: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<(Candidate, String)>, ApiError> {
+    if !require_price(state, kind, &request.model, started_at) {
+        return Err(ApiError::model_not_found(&request.model));
     }
-
-    // A follow-up goes where its state is, and only its creator may use it.
-    let pinned = match &request.previous_response_id {
-        None => None,
-        Some(previous) => match owner_of(state.ledger.recent(), &state.pool, previous).await {
-            Ok(Some(owner)) if *owner.tenant == *tenant => owner.upstream,
-            Ok(_) => refuse!(ApiError::not_found(format!(
-                "Previous response with id '{previous}' not found."
-            ))
-            .with_code("previous_response_not_found")
-            .with_param("previous_response_id")),
-            Err(err) => refuse!(ApiError::from(err)),
-        },
+    let candidate = |model: String, overrides, max_retries| Candidate {
+        model,
+        overrides,
+        max_retries,
+        pinned: None,
+        end_user: None,
     };
-
-    let priced = |model: &str| state.prices.lookup(model, started_at);
-    let allow_unpriced = state.config.prices.allow_unpriced_models || !kind.billable();
-    if priced(&request.model).is_none() && !allow_unpriced {
-        refuse!(ApiError::model_not_found(&request.model))
-    }
-    let mut chain = vec![Candidate {
-        model: request.model.clone(),
-        overrides: Vec::new(),
-        max_retries: request.options.max_retries,
-    }];
-    for (i, fallback) in request.options.fallbacks.iter().enumerate() {
+    let mut chain = vec![(
+        candidate(request.model.clone(), Vec::new(), request.options.max_retries),
+        String::new(),
+    )];
+    let fallbacks = &request.options.fallbacks;
+    for (i, fallback) in fallbacks.iter().enumerate() {
+        let param = if fallbacks.len() > 1 {
+            format!("turing_options.fallbacks[{i}]")
+        } else {
+            "turing_options.fallbacks".to_owned()
+        };
         // Fallbacks inherit the request and its timeout, not retries or fallbacks.
         let (model, overrides) = match fallback {
             Fallback::Model(model) => (model.clone(), Vec::new()),
@@ -244,80 +284,122 @@ async fn forward_routed(
                     .filter(|m| table.lookup(m, started_at).is_some())
                     .collect();
                 for model in auto_chain(&request.model, catalogue, AUTO_FALLBACKS) {
-                    chain.push(Candidate {
-                        model,
-                        overrides: Vec::new(),
-                        max_retries: 0,
-                    });
+                    chain.push((candidate(model, Vec::new(), 0), param.clone()));
                 }
                 continue;
             }
         };
-        if priced(&model).is_none() && !allow_unpriced {
-            let param = if request.options.fallbacks.len() > 1 {
-                format!("turing_options.fallbacks[{i}]")
-            } else {
-                "turing_options.fallbacks".to_owned()
-            };
-            refuse!(ApiError::invalid_value(
+        if !require_price(state, kind, &model, started_at) {
+            return Err(ApiError::invalid_value(
                 param,
                 format!("The fallback model `{model}` does not exist or has no price."),
             )
-            .with_code("model_not_found"))
+            .with_code("model_not_found"));
         }
-        chain.push(Candidate {
-            model,
-            overrides,
-            max_retries: 0,
-        });
+        chain.push((candidate(model, overrides, 0), param));
     }
+    Ok(chain)
+}
 
-    let request_id = meter.request_id().to_owned();
+/// Every candidate's effective body passes the request's checks and its
+/// admission (ownership, MCP allowlist) before anything is sent: one refused
+/// fallback refuses the whole request.
+async fn admit_candidates(
+    state: &AppState,
+    request: &CreateRequest,
+    tenant: &str,
+    chain: Vec<(Candidate, String)>,
+) -> Result<Vec<Candidate>, ApiError> {
+    let own = admit(state, tenant, &request.facts, "").await?;
+    let mut checked = Vec::with_capacity(chain.len());
+    for (mut candidate, param) in chain {
+        if candidate.overrides.is_empty() {
+            candidate.pinned.clone_from(&own.pinned);
+            candidate.end_user.clone_from(&request.facts.end_user);
+        } else {
+            let facts = request.fallback_facts(&candidate.overrides, &param)?;
+            candidate.pinned = admit(state, tenant, &facts, &param).await?.pinned;
+            candidate.end_user = facts.end_user;
+        }
+        checked.push(candidate);
+    }
+    Ok(checked)
+}
+
+/// Tries the candidates in order, each on its deployments, until one answers
+/// with something other than a backend failure. `None`: no deployment at all.
+async fn send_chain(
+    state: &AppState,
+    request: &CreateRequest,
+    chain: &[Candidate],
+    kind: Routed,
+    request_id: &str,
+) -> Result<Option<Served>, ApiError> {
     let mut attempts = 0;
-    let mut last_failure: Option<(Result<Reply, ApiError>, Deployment, usize)> = None;
-    let mut served = None;
-    'chain: for (index, candidate) in chain.iter().enumerate() {
-        let deployments = match &pinned {
+    let mut last_failure = None;
+    for (index, candidate) in chain.iter().enumerate() {
+        let deployments = match &candidate.pinned {
             Some(upstream) => state.routes.pinned(&candidate.model, upstream),
             None => state.routes.deployments(&candidate.model),
         };
         for deployment in deployments {
-            let body = match request.body_for(&deployment.model, &candidate.overrides) {
-                Ok(body) => body,
-                Err(err) => refuse!(err),
-            };
+            let body = request.body_for(&deployment.model, &candidate.overrides)?;
             let sent = send_with_retries(
                 &deployment.upstream,
                 kind.suffix(),
                 body,
-                &request_id,
+                request_id,
                 request.timeout(),
                 candidate.max_retries,
             )
             .await;
             attempts += sent.attempts;
-            if sent.worth_another_deployment {
-                last_failure = Some((sent.result, deployment, index));
-                continue;
+            let served = Served {
+                result: sent.result,
+                deployment,
+                index,
+                attempts,
+            };
+            if !sent.worth_another_deployment {
+                return Ok(Some(served));
             }
-            served = Some((sent.result, deployment, index));
-            break 'chain;
+            last_failure = Some(served);
         }
     }
-    let Some((result, deployment, index)) = served.or(last_failure) else {
-        refuse!(ApiError::model_not_found(&request.model))
-    };
+    Ok(last_failure.map(|mut served| {
+        served.attempts = attempts;
+        served
+    }))
+}
+
+/// Records which candidate served and hands its answer to the client.
+fn answer(
+    state: &AppState,
+    mut meter: Meter,
+    request: &CreateRequest,
+    chain: &[Candidate],
+    served: Served,
+) -> Response {
+    let Served {
+        result,
+        deployment,
+        index,
+        attempts,
+    } = served;
     let Some(ctx) = meter.ctx_mut() else {
         return ApiError::internal("meter without context").into_response();
     };
     ctx.attempts = attempts;
     ctx.upstream = Some(deployment.upstream.name.clone());
-    let model = &chain[index].model;
+    let Some(candidate) = chain.get(index) else {
+        return ApiError::internal("served by an unknown candidate").into_response();
+    };
     if index > 0 {
         ctx.fallback_from = Some(request.model.clone());
-        ctx.model = Some(model.clone());
+        ctx.model = Some(candidate.model.clone());
+        ctx.end_user.clone_from(&candidate.end_user);
     }
-    ctx.price = priced(model);
+    ctx.price = state.prices.lookup(&candidate.model, ctx.started_at);
     let reply = match result {
         Ok(reply) => reply,
         Err(err) => {
