@@ -12,6 +12,7 @@
 pub mod admit;
 pub mod request;
 pub mod route;
+pub mod settle;
 pub mod tap;
 pub mod upstream;
 pub mod validate;
@@ -442,7 +443,9 @@ fn respond(
         // Tell a buffering reverse proxy in front of us to pass events on.
         out_headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     }
-    let observer = if is_sse {
+    let observer = if !status.is_success() {
+        Observer::error_body()
+    } else if is_sse {
         Observer::sse()
     } else {
         Observer::json()
@@ -457,6 +460,8 @@ fn respond(
             policy: state.config.on_client_disconnect,
             tasks: state.tasks.clone(),
             recovery: Some(upstream),
+            drain_for: idle,
+            cut: state.drain_cut.clone(),
         },
     );
     let mut response = Response::new(Body::new(body));
@@ -567,7 +572,12 @@ async fn owned_call(
         ApiError::not_found(format!("No response found with id '{id}'."))
             .with_code("response_not_found")
     };
-    let upstream = match owner_of(state.ledger.recent(), &state.pool, id).await {
+    // An id that cannot be stored cannot be known; the database never sees it.
+    let upstream = match validate::check_text(id, "id", validate::MAX_ID_CHARS) {
+        Err(_) => Ok(None),
+        Ok(()) => owner_of(state.ledger.recent(), &state.pool, id).await,
+    };
+    let upstream = match upstream {
         Ok(Some(owner)) if *owner.tenant == *tenant => owner
             .upstream
             .and_then(|name| state.routes.upstream(&name))
@@ -586,6 +596,12 @@ async fn owned_call(
     };
     if let Some(ctx) = meter.ctx_mut() {
         ctx.upstream = Some(upstream.name.clone());
+    }
+    if method == http::Method::DELETE {
+        if let Err(err) = settle::before_delete(state, &upstream, id).await {
+            meter.reject(&err);
+            return with_request_id(err.into_response(), &request_id);
+        }
     }
     let mut path = format!("/{}{suffix}", upstream::encode_path_segment(id));
     if let Some(query) = query.filter(|q| !q.is_empty()) {
@@ -675,12 +691,44 @@ impl Reply {
         }
     }
 
-    /// An answer whose body was already read (to decide on a retry).
-    fn read(status: StatusCode, headers: HeaderMap, body: Bytes) -> Self {
+    /// An answer whose body was read (to decide on a retry): `head`, then
+    /// the `rest` still to stream when the body was longer than what is held.
+    fn read(status: StatusCode, headers: HeaderMap, head: Bytes, rest: Option<Incoming>) -> Self {
+        let body = match rest {
+            None => Full::new(head).map_err(|never| match never {}).boxed(),
+            Some(rest) => {
+                let head = futures_util::stream::once(async move {
+                    Ok::<_, tap::BoxError>(http_body::Frame::data(head))
+                });
+                let tail = http_body_util::BodyStream::new(rest.map_err(tap::BoxError::from));
+                http_body_util::StreamBody::new(futures_util::StreamExt::chain(head, tail)).boxed()
+            }
+        };
         Self {
             status,
             headers,
-            body: Full::new(body).map_err(|never| match never {}).boxed(),
+            body,
+        }
+    }
+}
+
+/// Reads an error body until it ends or [`tap::ERROR_BODY_PARSE_LIMIT`]
+/// bytes are held; returns those and, if it did not end, the unread rest.
+/// A body that fails or outlives `deadline` gives what was read.
+async fn read_error_head(mut body: Incoming, deadline: Instant) -> (Bytes, Option<Incoming>) {
+    let mut head = bytes::BytesMut::new();
+    loop {
+        if head.len() >= tap::ERROR_BODY_PARSE_LIMIT {
+            return (head.freeze(), Some(body));
+        }
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    head.extend_from_slice(data);
+                }
+            }
+            Ok(None) => return (head.freeze(), None),
+            Ok(Some(Err(_))) | Err(_) => return (head.freeze(), None),
         }
     }
 }
@@ -747,19 +795,16 @@ async fn send_with_retries(
                 worth_another_deployment: false,
             };
         }
-        // Read the (small) error body: a quota error must not be retried and
-        // is passed on exactly as received.
+        // Read the start of the error body: a quota error must not be
+        // retried and is passed on exactly as received. Only a bounded
+        // prefix is held; a longer body is forwarded as it streams.
         let headers = response.headers().clone();
         let wait = retry_after(&headers);
-        let error_body =
-            match tokio::time::timeout_at(deadline, response.into_body().collect()).await {
-                Ok(Ok(body)) => body.to_bytes(),
-                _ => Bytes::new(),
-            };
-        let quota = error_code_from_body(&error_body).as_deref() == Some("insufficient_quota");
+        let (error_head, rest) = read_error_head(response.into_body(), deadline).await;
+        let quota = error_code_from_body(&error_head).as_deref() == Some("insufficient_quota");
         if last || quota {
             return Sent {
-                result: Ok(Reply::read(status, headers, error_body)),
+                result: Ok(Reply::read(status, headers, error_head, rest)),
                 attempts,
                 worth_another_deployment: !quota,
             };
