@@ -331,7 +331,11 @@ impl Drop for MeteredBody {
             meter: self.meter.take(),
             http_status: self.http_status,
             first_byte_at: self.first_byte_at,
-            timer: Box::pin(tokio::time::sleep(self.settings.idle)),
+            // The drain's overall bound (below) is its deadline; the idle
+            // timer starts past it so the two do not race to end it.
+            timer: Box::pin(tokio::time::sleep(
+                self.settings.drain_for + self.settings.idle,
+            )),
             settings: TapSettings {
                 policy: DisconnectPolicy::Abort,
                 ..self.settings.clone()
