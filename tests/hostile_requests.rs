@@ -68,7 +68,10 @@ async fn text_values_the_ledger_cannot_store_are_refused_at_the_door(pool: PgPoo
     let key = gw.key("acme").await;
     let long = |n: usize| "u".repeat(n);
     let cases: Vec<(String, &str)> = vec![
-        (format!(r#"{{"model":"{MODEL}","user":"a\u0000b"}}"#), "user"),
+        (
+            format!(r#"{{"model":"{MODEL}","user":"a\u0000b"}}"#),
+            "user",
+        ),
         (
             format!(r#"{{"model":"{MODEL}","safety_identifier":"a\u0001"}}"#),
             "safety_identifier",
@@ -89,9 +92,7 @@ async fn text_values_the_ledger_cannot_store_are_refused_at_the_door(pool: PgPoo
             "conversation.id",
         ),
         (
-            format!(
-                r#"{{"model":"{MODEL}","turing_options":{{"fallbacks":["turing/y\u0000"]}}}}"#
-            ),
+            format!(r#"{{"model":"{MODEL}","turing_options":{{"fallbacks":["turing/y\u0000"]}}}}"#),
             "turing_options.fallbacks[0]",
         ),
         (
@@ -131,12 +132,19 @@ async fn text_values_the_ledger_cannot_store_are_refused_at_the_door(pool: PgPoo
         assert_eq!(row.http_status, Some(400));
         // What the refused row records is itself storable and bounded.
         for value in [&row.model, &row.end_user].into_iter().flatten() {
-            assert!(!value.contains('\0') && value.chars().count() <= 512, "{value:.40}");
+            assert!(
+                !value.contains('\0') && value.chars().count() <= 512,
+                "{value:.40}"
+            );
         }
     }
     assert_eq!(rows.last().unwrap().status, "completed");
     assert_eq!(rows.last().unwrap().end_user.as_deref(), Some("fine"));
-    assert_eq!(gw.mock.request_count(), 1, "only the good request went upstream");
+    assert_eq!(
+        gw.mock.request_count(),
+        1,
+        "only the good request went upstream"
+    );
 }
 
 #[sqlx::test(migrator = "tollgate::state::MIGRATOR")]
@@ -154,16 +162,23 @@ async fn every_fallback_candidate_passes_the_checks_of_the_request(pool: PgPool)
         .to_owned();
     // The first attempt would fail, so the fallback would be sent.
     let failing = json!({"mock_http_status": "429", "mock_fail_times": "1", "mock_fail_key": "fb"});
-    let with = |fallbacks: Value| {
-        json!({"model": MODEL, "input": "hi", "metadata": failing, "turing_options": {"fallbacks": fallbacks}})
-    };
+    let with = |fallbacks: Value| json!({"model": MODEL, "input": "hi", "metadata": failing, "turing_options": {"fallbacks": fallbacks}});
     let unknown = gw
-        .create(&key, with(json!({"model": MODEL, "previous_response_id": "resp_nope"})))
+        .create(
+            &key,
+            with(json!({"model": MODEL, "previous_response_id": "resp_nope"})),
+        )
         .await;
     let foreign = gw
-        .create(&key, with(json!({"model": MODEL, "previous_response_id": their_id})))
+        .create(
+            &key,
+            with(json!({"model": MODEL, "previous_response_id": their_id})),
+        )
         .await;
-    assert_eq!((unknown.status().as_u16(), foreign.status().as_u16()), (404, 404));
+    assert_eq!(
+        (unknown.status().as_u16(), foreign.status().as_u16()),
+        (404, 404)
+    );
     let (unknown, foreign): (Value, Value) =
         (unknown.json().await.unwrap(), foreign.json().await.unwrap());
     assert_eq!(error_of(&unknown), error_of(&foreign));
@@ -205,7 +220,11 @@ async fn every_fallback_candidate_passes_the_checks_of_the_request(pool: PgPool)
         let response = gw.create(&key, with(fallbacks)).await;
         assert_eq!(response.status().as_u16(), status);
         let body: Value = response.json().await.unwrap();
-        assert_eq!(error_of(&body), ("invalid_request_error", code, param), "{body}");
+        assert_eq!(
+            error_of(&body),
+            ("invalid_request_error", code, param),
+            "{body}"
+        );
     }
     // Stateful + an override to store:false is refused like the request would be.
     let response = gw
@@ -215,8 +234,16 @@ async fn every_fallback_candidate_passes_the_checks_of_the_request(pool: PgPool)
         )
         .await;
     let body: Value = response.json().await.unwrap();
-    assert_eq!(error_of(&body).2, "turing_options.fallbacks.store", "{body}");
-    assert_eq!(gw.mock.request_count(), 1, "no refused body reached the upstream");
+    assert_eq!(
+        error_of(&body).2,
+        "turing_options.fallbacks.store",
+        "{body}"
+    );
+    assert_eq!(
+        gw.mock.request_count(),
+        1,
+        "no refused body reached the upstream"
+    );
     // A valid override is used once the first attempt fails.
     let served = gw
         .create(&key, with(json!({"model": MODEL, "user": "fallback-user"})))
@@ -260,7 +287,10 @@ async fn deleting_a_finished_background_response_at_once_still_bills_it(pool: Pg
     let key = gw.key("acme").await;
     for _ in 0..10 {
         let created: Value = gw
-            .create(&key, json!({"model": MODEL, "input": "hi", "background": true}))
+            .create(
+                &key,
+                json!({"model": MODEL, "input": "hi", "background": true}),
+            )
             .await
             .json()
             .await
@@ -290,7 +320,10 @@ async fn deleting_a_finished_background_response_at_once_still_bills_it(pool: Pg
     assert_eq!(creates.len(), 10);
     for row in creates {
         assert_eq!(row.status, "completed", "{row:?}");
-        assert!(row.cost.is_some_and(|c| c > rust_decimal::Decimal::ZERO), "{row:?}");
+        assert!(
+            row.cost.is_some_and(|c| c > rust_decimal::Decimal::ZERO),
+            "{row:?}"
+        );
     }
 }
 
@@ -366,7 +399,10 @@ async fn an_upstream_sending_comments_forever_is_bounded_by_the_request_timeout(
         )
         .await;
     let read = tokio::time::timeout(Duration::from_secs(60), response.bytes()).await;
-    assert!(read.expect("the stream ended").is_err(), "cut, not completed");
+    assert!(
+        read.expect("the stream ended").is_err(),
+        "cut, not completed"
+    );
     let rows = exactly(&gw, 2).await;
     assert_eq!(rows[1].status, "interrupted");
     assert_eq!(rows[1].error_code.as_deref(), Some("upstream_timeout"));

@@ -53,10 +53,10 @@ pub async fn admit(
         match conversation_owner(state, id).await? {
             Some(owner) if owner.tenant == tenant => {}
             _ => {
-                return Err(ApiError::not_found(format!(
-                    "Conversation with id '{id}' not found."
-                ))
-                .with_param(param("conversation")))
+                return Err(
+                    ApiError::not_found(format!("Conversation with id '{id}' not found."))
+                        .with_param(param("conversation")),
+                )
             }
         }
     }

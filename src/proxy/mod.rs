@@ -264,7 +264,11 @@ fn build_candidates(
         end_user: None,
     };
     let mut chain = vec![(
-        candidate(request.model.clone(), Vec::new(), request.options.max_retries),
+        candidate(
+            request.model.clone(),
+            Vec::new(),
+            request.options.max_retries,
+        ),
         String::new(),
     )];
     let fallbacks = &request.options.fallbacks;

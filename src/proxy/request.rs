@@ -17,8 +17,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::error::ApiError;
-use crate::proxy::validate::{self, check_body, BodyFacts};
 pub use crate::proxy::validate::McpServer;
+use crate::proxy::validate::{self, check_body, BodyFacts};
 
 const MAX_TIMEOUT_SECS: f64 = 300.0;
 const DEFAULT_STREAM_TIMEOUT: Duration = Duration::from_secs(90);
@@ -126,13 +126,7 @@ impl CreateRequest {
                 .iter()
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| &**v)
-                .or_else(|| {
-                    members
-                        .0
-                        .iter()
-                        .find(|(k, _)| k == name)
-                        .map(|(_, v)| *v)
-                })
+                .or_else(|| members.0.iter().find(|(k, _)| k == name).map(|(_, v)| *v))
         };
         check_body(&get, &self.tags).map_err(|e| validate::in_fallback(e, param_prefix))
     }

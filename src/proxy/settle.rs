@@ -75,5 +75,8 @@ async fn cancel(upstream: &Upstream, id: &str) -> Option<ResponseSummary> {
             .to_bytes();
         ResponseSummary::from_response_json(&body).ok()
     };
-    tokio::time::timeout(LOOKUP_TIMEOUT, call).await.ok().flatten()
+    tokio::time::timeout(LOOKUP_TIMEOUT, call)
+        .await
+        .ok()
+        .flatten()
 }

@@ -126,9 +126,7 @@ pub fn check_body<'a>(
         ));
     }
     let previous_response_id = match get("previous_response_id") {
-        Some(raw) if raw.get() != "null" => {
-            Some(text(raw, "previous_response_id", MAX_ID_CHARS)?)
-        }
+        Some(raw) if raw.get() != "null" => Some(text(raw, "previous_response_id", MAX_ID_CHARS)?),
         _ => None,
     };
     let conversation = match get("conversation") {
@@ -266,7 +264,10 @@ mod tests {
             Some("conv_2")
         );
         assert_eq!(
-            get_conv(r#"{"id":"c\u0000"}"#).unwrap_err().param.as_deref(),
+            get_conv(r#"{"id":"c\u0000"}"#)
+                .unwrap_err()
+                .param
+                .as_deref(),
             Some("conversation.id")
         );
         assert_eq!(get_conv("null").unwrap(), None);
