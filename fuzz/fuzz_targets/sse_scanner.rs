@@ -113,11 +113,7 @@ fuzz_target!(|data: &[u8]| {
     split.feed(b"\n\nevent: error\ndata: {\"type\":\"error\",\"code\":\"late\"}\n\n");
     split.feed(stream);
     split.finish();
-    assert_eq!(
-        outcome(&split),
-        want,
-        "input after finish() changed the outcome"
-    );
+    assert_eq!(outcome(&split), want, "input after finish() changed the outcome");
 
     check_usage(&want);
 });

@@ -39,12 +39,7 @@ fuzz_target!(|data: &[u8]| {
             c.feed(p);
         }
         let overflow = data.len() > limit;
-        assert_eq!(
-            c.overflowed(),
-            overflow,
-            "limit {limit}, len {}",
-            data.len()
-        );
+        assert_eq!(c.overflowed(), overflow, "limit {limit}, len {}", data.len());
         assert_eq!(c.bytes(), &data[..data.len().min(limit)], "limit {limit}");
         let summary = c.summary();
         if let Some(s) = &summary {
@@ -53,10 +48,7 @@ fuzz_target!(|data: &[u8]| {
         if overflow {
             assert_eq!(summary, None, "summary of an overflowed body");
         } else {
-            assert_eq!(
-                summary, direct,
-                "collector summary differs from direct parse"
-            );
+            assert_eq!(summary, direct, "collector summary differs from direct parse");
         }
     }
 });
