@@ -408,9 +408,23 @@ async fn an_upstream_sending_comments_forever_is_bounded_by_the_request_timeout(
     assert_eq!(rows[1].error_code.as_deref(), Some("upstream_timeout"));
 }
 
+/// This process's resident memory in KiB (gateway, client and upstream
+/// together: an upper bound on what the gateway holds).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 #[sqlx::test(migrator = "tollgate::state::MIGRATOR")]
 async fn a_600_mb_upstream_error_body_is_not_read_into_memory(pool: PgPool) {
     const HUGE: u64 = 600 * 1024 * 1024;
+    let rss_before = rss_kib();
     let huge = Hostile::start(Behaviour::ErrorBody {
         status: 500,
         bytes: HUGE,
@@ -432,7 +446,10 @@ async fn a_600_mb_upstream_error_body_is_not_read_into_memory(pool: PgPool) {
         tokio::time::sleep(Duration::from_millis(100)).await;
         seen = huge.written();
     }
-    eprintln!("bytes read by the gateway from a {HUGE}-byte error body: {seen}");
+    let rss_growth = rss_kib().saturating_sub(rss_before);
+    eprintln!(
+        "bytes read by the gateway from a {HUGE}-byte error body: {seen}; process RSS growth: {rss_growth} KiB"
+    );
     assert!(seen < 32 * 1024 * 1024, "read {seen} bytes of {HUGE}");
     drop(response);
     let rows = exactly(&gw, 1).await;
