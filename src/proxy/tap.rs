@@ -270,7 +270,9 @@ impl Body for MeteredBody {
                     this.observer.feed(data);
                     // Keep-alive comments prove the connection, not progress:
                     // an upstream sending only those still times out.
-                    if !comments_only(data) {
+                    let keep_alive =
+                        matches!(this.observer, Observer::Sse(_)) && comments_only(data);
+                    if !keep_alive {
                         this.timer
                             .as_mut()
                             .reset(Instant::now() + this.settings.idle);
@@ -483,5 +485,13 @@ mod tests {
             row.error_code.as_deref(),
             Some("stream_ended_without_terminal_event")
         );
+    }
+
+    #[test]
+    fn only_comment_chunks_count_as_keep_alive() {
+        assert!(comments_only(b": keep-alive\n\n"));
+        assert!(comments_only(b"\r\n:x\r\n"));
+        assert!(!comments_only(b": ping\n\nevent: response.output_text.delta\n"));
+        assert!(!comments_only(b"data: {}\n\n"));
     }
 }
