@@ -3,11 +3,13 @@
 //! caller's retry budget, and hand the answer back through the metering body
 //! wrapper.
 //!
-//! Flow: auth → [`request`] (validate, rewrite) → ownership of referenced
-//! responses → [`route`] (candidates × deployments) → price in force at the
-//! request's start → [`upstream`] → [`tap::MeteredBody`] (forward + observe)
-//! → the meter's one end-of-request record. Every refusal after
-//! authentication is metered too.
+//! Flow: auth → [`request`] (parse, rewrite) → the candidate list (the
+//! request, then its fallbacks) → every candidate's effective body through
+//! [`validate`] and [`admit`] (tools, MCP allowlist, stateful rule, text
+//! bounds, ownership of referenced ids), all before anything is sent →
+//! [`route`] (deployments) → price in force at the request's start →
+//! [`upstream`] → [`tap::MeteredBody`] (forward + observe) → the meter's one
+//! end-of-request record. Every refusal after authentication is metered too.
 
 pub mod admit;
 pub mod request;
