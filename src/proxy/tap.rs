@@ -491,7 +491,9 @@ mod tests {
     fn only_comment_chunks_count_as_keep_alive() {
         assert!(comments_only(b": keep-alive\n\n"));
         assert!(comments_only(b"\r\n:x\r\n"));
-        assert!(!comments_only(b": ping\n\nevent: response.output_text.delta\n"));
+        assert!(!comments_only(
+            b": ping\n\nevent: response.output_text.delta\n"
+        ));
         assert!(!comments_only(b"data: {}\n\n"));
     }
 }
