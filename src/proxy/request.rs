@@ -642,4 +642,53 @@ mod tests {
         assert!(rejection.partial.stream);
         assert_eq!(rejection.partial.end_user.as_deref(), Some("u1"));
     }
+
+    fn storable(value: &str, max: usize) -> bool {
+        !value.chars().any(char::is_control) && value.chars().count() <= max
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        /// Bodies built from hostile pieces: whatever is accepted or left on
+        /// a refused row is storable, and every fallback's checks name it.
+        #[test]
+        fn whatever_passes_or_is_recorded_is_storable(
+            model in r#"(turing/)?[a-z\\u0000\x01é]{0,300}"#,
+            user in r#"[a-z\\u0000\\ud800]{0,600}"#,
+            override_field in proptest::sample::select(vec!["user", "tools", "previous_response_id", "conversation", "store", "stream"]),
+            override_value in proptest::sample::select(vec![r#""a\u0000""#, r#"[{"type":"web_search"}]"#, r#"{"id":"c"}"#, "false", "5", r#""ok""#]),
+        ) {
+            let body = format!(
+                r#"{{"model":"{model}","user":"{user}","tags":["stateful"],"turing_options":{{"fallbacks":[{{"model":"m","{override_field}":{override_value}}}]}}}}"#
+            );
+            match parse_create(&Bytes::from(body), "turing/") {
+                Err(rejection) => {
+                    proptest::prop_assert!(rejection.error.status.is_client_error());
+                    if let Some(m) = &rejection.partial.model {
+                        proptest::prop_assert!(storable(m, validate::MAX_MODEL_CHARS));
+                    }
+                    if let Some(u) = &rejection.partial.end_user {
+                        proptest::prop_assert!(storable(u, validate::MAX_END_USER_CHARS));
+                    }
+                }
+                Ok(request) => {
+                    proptest::prop_assert!(storable(&request.model, validate::MAX_MODEL_CHARS));
+                    for fallback in &request.options.fallbacks {
+                        if let Fallback::Override { fields, .. } = fallback {
+                            match request.fallback_facts(fields, "fb") {
+                                Ok(facts) => {
+                                    if let Some(u) = &facts.end_user {
+                                        proptest::prop_assert!(storable(u, validate::MAX_END_USER_CHARS));
+                                    }
+                                }
+                                Err(err) => proptest::prop_assert!(
+                                    err.param.as_deref().is_some_and(|p| p.starts_with("fb"))
+                                ),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
