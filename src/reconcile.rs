@@ -184,3 +184,41 @@ async fn settle(
     .await?;
     Ok(result.rows_affected() == 1)
 }
+
+/// Whether `response_id` has a row still waiting for its background result.
+pub async fn is_queued(pool: &PgPool, response_id: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM usage_ledger WHERE response_id = $1 AND status = 'queued')",
+    )
+    .bind(response_id)
+    .fetch_one(pool)
+    .await
+}
+
+/// Settles the queued row of `response_id` with a final `summary` seen
+/// outside the reconciler's own pass (a DELETE settles before it deletes);
+/// false when the summary is not final or no row was queued.
+pub async fn settle_response(
+    state: &AppState,
+    response_id: &str,
+    summary: ResponseSummary,
+) -> Result<bool, sqlx::Error> {
+    if !is_final(&summary) {
+        return Ok(false);
+    }
+    let row: Option<(String, Option<String>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT request_id, model, started_at FROM usage_ledger
+         WHERE response_id = $1 AND status = 'queued' ORDER BY started_at LIMIT 1",
+    )
+    .bind(response_id)
+    .fetch_optional(&state.pool)
+    .await?;
+    let Some((request_id, model, started_at)) = row else {
+        return Ok(false);
+    };
+    let price = model
+        .as_deref()
+        .and_then(|model| state.prices.lookup(model, started_at));
+    let outcome = Outcome::from_summary(summary, 200);
+    settle(&state.pool, &request_id, outcome, price.as_deref()).await
+}

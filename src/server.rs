@@ -52,6 +52,7 @@ pub async fn build_state(
         routes,
         tasks: TaskTracker::new(),
         shutdown: CancellationToken::new(),
+        drain_cut: CancellationToken::new(),
         config: Arc::new(config),
         pool,
     });
@@ -134,6 +135,9 @@ pub async fn listen(addr: &str) -> std::io::Result<TcpListener> {
     }))
 }
 
+/// How long cut drains get to record their rows before the writer closes.
+const DRAIN_CUT_GRACE: Duration = Duration::from_secs(2);
+
 /// Serves until `shutdown` resolves, then runs the shutdown sequence.
 pub async fn run(
     listener: TcpListener,
@@ -181,7 +185,16 @@ pub async fn run(
         .await
         .is_err()
     {
-        tracing::warn!("drain tasks outlived the deadline");
+        // Each drain records its row (flagged `shutdown_drain_cut`) as it
+        // ends; the writer is still open to take it.
+        tracing::warn!("drain tasks outlived the deadline; cutting them");
+        state.drain_cut.cancel();
+        if tokio::time::timeout(DRAIN_CUT_GRACE, state.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!("drain tasks did not end after the cut");
+        }
     }
     state.ledger.close();
     if let Err(err) = background.writer.await {

@@ -33,6 +33,9 @@ pub struct AppState {
     pub tasks: TaskTracker,
     /// Stops background loops at shutdown.
     pub shutdown: CancellationToken,
+    /// Fires when shutdown's drain deadline has passed: drains still reading
+    /// an upstream record what they know and end (`proxy::tap`).
+    pub drain_cut: CancellationToken,
 }
 
 pub async fn connect(config: &Config) -> Result<PgPool, sqlx::Error> {

@@ -3,16 +3,21 @@
 //! caller's retry budget, and hand the answer back through the metering body
 //! wrapper.
 //!
-//! Flow: auth → [`request`] (validate, rewrite) → ownership of referenced
-//! responses → [`route`] (candidates × deployments) → price in force at the
-//! request's start → [`upstream`] → [`tap::MeteredBody`] (forward + observe)
-//! → the meter's one end-of-request record. Every refusal after
-//! authentication is metered too.
+//! Flow: auth → [`request`] (parse, rewrite) → the candidate list (the
+//! request, then its fallbacks) → every candidate's effective body through
+//! [`validate`] and [`admit`] (tools, MCP allowlist, stateful rule, text
+//! bounds, ownership of referenced ids), all before anything is sent →
+//! [`route`] (deployments) → price in force at the request's start →
+//! [`upstream`] → [`tap::MeteredBody`] (forward + observe) → the meter's one
+//! end-of-request record. Every refusal after authentication is metered too.
 
+pub mod admit;
 pub mod request;
 pub mod route;
+pub mod settle;
 pub mod tap;
 pub mod upstream;
+pub mod validate;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +38,8 @@ use crate::ledger::owners::owner_of;
 use crate::metering::{Meter, RequestContext};
 use crate::state::AppState;
 use crate::usage::error_code_from_body;
-use request::{parse_create, Fallback};
+use admit::admit;
+use request::{parse_create, CreateRequest, Fallback};
 use route::{auto_chain, Deployment};
 use tap::{MeteredBody, Observer, TapSettings, UpstreamBody};
 use upstream::{forwarded_headers, retry_after, Upstream, UpstreamError};
@@ -146,13 +152,26 @@ async fn routed(state: &AppState, headers: &HeaderMap, body: Body, kind: Routed)
     with_request_id(response, &request_id)
 }
 
-/// One model to try, with what the fallback rules give it.
+/// One model to try, with what the fallback rules give it, already checked.
 struct Candidate {
     model: String,
     overrides: Vec<(String, Box<RawValue>)>,
     max_retries: u32,
+    /// Where this candidate's referenced state lives.
+    pinned: Option<String>,
+    /// The end user of this candidate's body (an override may change it).
+    end_user: Option<String>,
 }
 
+/// The answer of the candidate that served (or failed last).
+struct Served {
+    result: Result<Reply, ApiError>,
+    deployment: Deployment,
+    index: usize,
+    attempts: i32,
+}
+
+/// parse → candidates (each checked like the request) → send → respond.
 async fn forward_routed(
     state: &AppState,
     mut meter: Meter,
@@ -160,79 +179,107 @@ async fn forward_routed(
     body: Body,
     kind: Routed,
 ) -> Response {
-    macro_rules! refuse {
-        ($err:expr) => {{
-            let err = $err;
+    let prepared = match prepare(state, &mut meter, headers, body, kind).await {
+        Ok(prepared) => prepared,
+        Err(err) => {
             meter.reject(&err);
             return err.into_response();
-        }};
-    }
-    let bytes = match read_body(headers, body, state.config.body_limit_bytes).await {
-        Ok(bytes) => bytes,
-        Err(err) => refuse!(err),
+        }
     };
+    let (request, chain) = prepared;
+    let served = match send_chain(state, &request, &chain, kind, meter.request_id()).await {
+        Ok(Some(served)) => served,
+        Ok(None) => {
+            let err = ApiError::model_not_found(&request.model);
+            meter.reject(&err);
+            return err.into_response();
+        }
+        Err(err) => {
+            meter.reject(&err);
+            return err.into_response();
+        }
+    };
+    answer(state, meter, &request, &chain, served)
+}
+
+/// Everything decided before the first byte goes upstream: the body read and
+/// parsed, the ledger context set, and every candidate built and checked.
+async fn prepare(
+    state: &AppState,
+    meter: &mut Meter,
+    headers: &HeaderMap,
+    body: Body,
+    kind: Routed,
+) -> Result<(CreateRequest, Vec<Candidate>), ApiError> {
+    let bytes = read_body(headers, body, state.config.body_limit_bytes).await?;
+    let ctx = meter
+        .ctx_mut()
+        .ok_or_else(|| ApiError::internal("meter without context"))?;
     let request = match parse_create(&bytes, &state.config.model_prefix) {
         Ok(request) => request,
         Err(rejection) => {
-            if let Some(ctx) = meter.ctx_mut() {
-                ctx.model = rejection.partial.model;
-                ctx.stream = rejection.partial.stream;
-                ctx.end_user = rejection.partial.end_user;
-            }
-            refuse!(rejection.error)
+            // Only values that passed their checks are on the partial.
+            ctx.model = rejection.partial.model;
+            ctx.stream = rejection.partial.stream;
+            ctx.end_user = rejection.partial.end_user;
+            return Err(rejection.error);
         }
-    };
-    let Some(ctx) = meter.ctx_mut() else {
-        return ApiError::internal("meter without context").into_response();
     };
     ctx.model = Some(request.model.clone());
     ctx.stream = request.stream;
-    ctx.end_user = request.end_user.clone();
+    ctx.end_user = request.facts.end_user.clone();
     let tenant = ctx.principal.tenant.clone();
     let started_at = ctx.started_at;
+    let chain = build_candidates(state, &request, kind, started_at)?;
+    let chain = admit_candidates(state, &request, &tenant, chain).await?;
+    Ok((request, chain))
+}
 
-    if let Some(allowed) = state.config.mcp_allowed_hosts.get(tenant.as_ref()) {
-        if let Some(server) = request.mcp_servers.iter().find(|s| {
-            !allowed
-                .iter()
-                .any(|host| host.eq_ignore_ascii_case(&s.host))
-        }) {
-            refuse!(ApiError::invalid_value(
-                format!("tools[{}].server_url", server.index),
-                format!(
-                    "The MCP server host '{}' is not allowed for this key.",
-                    server.host
-                ),
-            )
-            .with_code("mcp_server_not_allowed"))
-        }
+/// A model the price book must know, unless unpriced models are allowed.
+fn require_price(
+    state: &AppState,
+    kind: Routed,
+    model: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> bool {
+    state.config.prices.allow_unpriced_models
+        || !kind.billable()
+        || state.prices.lookup(model, at).is_some()
+}
+
+/// The request's model, then its fallbacks in order (`"auto"` expanded),
+/// each with its overrides and the parameter path that names it.
+fn build_candidates(
+    state: &AppState,
+    request: &CreateRequest,
+    kind: Routed,
+    started_at: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<(Candidate, String)>, ApiError> {
+    if !require_price(state, kind, &request.model, started_at) {
+        return Err(ApiError::model_not_found(&request.model));
     }
-
-    // A follow-up goes where its state is, and only its creator may use it.
-    let pinned = match &request.previous_response_id {
-        None => None,
-        Some(previous) => match owner_of(state.ledger.recent(), &state.pool, previous).await {
-            Ok(Some(owner)) if *owner.tenant == *tenant => owner.upstream,
-            Ok(_) => refuse!(ApiError::not_found(format!(
-                "Previous response with id '{previous}' not found."
-            ))
-            .with_code("previous_response_not_found")
-            .with_param("previous_response_id")),
-            Err(err) => refuse!(ApiError::from(err)),
-        },
+    let candidate = |model: String, overrides, max_retries| Candidate {
+        model,
+        overrides,
+        max_retries,
+        pinned: None,
+        end_user: None,
     };
-
-    let priced = |model: &str| state.prices.lookup(model, started_at);
-    let allow_unpriced = state.config.prices.allow_unpriced_models || !kind.billable();
-    if priced(&request.model).is_none() && !allow_unpriced {
-        refuse!(ApiError::model_not_found(&request.model))
-    }
-    let mut chain = vec![Candidate {
-        model: request.model.clone(),
-        overrides: Vec::new(),
-        max_retries: request.options.max_retries,
-    }];
-    for (i, fallback) in request.options.fallbacks.iter().enumerate() {
+    let mut chain = vec![(
+        candidate(
+            request.model.clone(),
+            Vec::new(),
+            request.options.max_retries,
+        ),
+        String::new(),
+    )];
+    let fallbacks = &request.options.fallbacks;
+    for (i, fallback) in fallbacks.iter().enumerate() {
+        let param = if fallbacks.len() > 1 {
+            format!("turing_options.fallbacks[{i}]")
+        } else {
+            "turing_options.fallbacks".to_owned()
+        };
         // Fallbacks inherit the request and its timeout, not retries or fallbacks.
         let (model, overrides) = match fallback {
             Fallback::Model(model) => (model.clone(), Vec::new()),
@@ -244,80 +291,122 @@ async fn forward_routed(
                     .filter(|m| table.lookup(m, started_at).is_some())
                     .collect();
                 for model in auto_chain(&request.model, catalogue, AUTO_FALLBACKS) {
-                    chain.push(Candidate {
-                        model,
-                        overrides: Vec::new(),
-                        max_retries: 0,
-                    });
+                    chain.push((candidate(model, Vec::new(), 0), param.clone()));
                 }
                 continue;
             }
         };
-        if priced(&model).is_none() && !allow_unpriced {
-            let param = if request.options.fallbacks.len() > 1 {
-                format!("turing_options.fallbacks[{i}]")
-            } else {
-                "turing_options.fallbacks".to_owned()
-            };
-            refuse!(ApiError::invalid_value(
+        if !require_price(state, kind, &model, started_at) {
+            return Err(ApiError::invalid_value(
                 param,
                 format!("The fallback model `{model}` does not exist or has no price."),
             )
-            .with_code("model_not_found"))
+            .with_code("model_not_found"));
         }
-        chain.push(Candidate {
-            model,
-            overrides,
-            max_retries: 0,
-        });
+        chain.push((candidate(model, overrides, 0), param));
     }
+    Ok(chain)
+}
 
-    let request_id = meter.request_id().to_owned();
+/// Every candidate's effective body passes the request's checks and its
+/// admission (ownership, MCP allowlist) before anything is sent: one refused
+/// fallback refuses the whole request.
+async fn admit_candidates(
+    state: &AppState,
+    request: &CreateRequest,
+    tenant: &str,
+    chain: Vec<(Candidate, String)>,
+) -> Result<Vec<Candidate>, ApiError> {
+    let own = admit(state, tenant, &request.facts, "").await?;
+    let mut checked = Vec::with_capacity(chain.len());
+    for (mut candidate, param) in chain {
+        if candidate.overrides.is_empty() {
+            candidate.pinned.clone_from(&own.pinned);
+            candidate.end_user.clone_from(&request.facts.end_user);
+        } else {
+            let facts = request.fallback_facts(&candidate.overrides, &param)?;
+            candidate.pinned = admit(state, tenant, &facts, &param).await?.pinned;
+            candidate.end_user = facts.end_user;
+        }
+        checked.push(candidate);
+    }
+    Ok(checked)
+}
+
+/// Tries the candidates in order, each on its deployments, until one answers
+/// with something other than a backend failure. `None`: no deployment at all.
+async fn send_chain(
+    state: &AppState,
+    request: &CreateRequest,
+    chain: &[Candidate],
+    kind: Routed,
+    request_id: &str,
+) -> Result<Option<Served>, ApiError> {
     let mut attempts = 0;
-    let mut last_failure: Option<(Result<Reply, ApiError>, Deployment, usize)> = None;
-    let mut served = None;
-    'chain: for (index, candidate) in chain.iter().enumerate() {
-        let deployments = match &pinned {
+    let mut last_failure = None;
+    for (index, candidate) in chain.iter().enumerate() {
+        let deployments = match &candidate.pinned {
             Some(upstream) => state.routes.pinned(&candidate.model, upstream),
             None => state.routes.deployments(&candidate.model),
         };
         for deployment in deployments {
-            let body = match request.body_for(&deployment.model, &candidate.overrides) {
-                Ok(body) => body,
-                Err(err) => refuse!(err),
-            };
+            let body = request.body_for(&deployment.model, &candidate.overrides)?;
             let sent = send_with_retries(
                 &deployment.upstream,
                 kind.suffix(),
                 body,
-                &request_id,
+                request_id,
                 request.timeout(),
                 candidate.max_retries,
             )
             .await;
             attempts += sent.attempts;
-            if sent.worth_another_deployment {
-                last_failure = Some((sent.result, deployment, index));
-                continue;
+            let served = Served {
+                result: sent.result,
+                deployment,
+                index,
+                attempts,
+            };
+            if !sent.worth_another_deployment {
+                return Ok(Some(served));
             }
-            served = Some((sent.result, deployment, index));
-            break 'chain;
+            last_failure = Some(served);
         }
     }
-    let Some((result, deployment, index)) = served.or(last_failure) else {
-        refuse!(ApiError::model_not_found(&request.model))
-    };
+    Ok(last_failure.map(|mut served| {
+        served.attempts = attempts;
+        served
+    }))
+}
+
+/// Records which candidate served and hands its answer to the client.
+fn answer(
+    state: &AppState,
+    mut meter: Meter,
+    request: &CreateRequest,
+    chain: &[Candidate],
+    served: Served,
+) -> Response {
+    let Served {
+        result,
+        deployment,
+        index,
+        attempts,
+    } = served;
     let Some(ctx) = meter.ctx_mut() else {
         return ApiError::internal("meter without context").into_response();
     };
     ctx.attempts = attempts;
     ctx.upstream = Some(deployment.upstream.name.clone());
-    let model = &chain[index].model;
+    let Some(candidate) = chain.get(index) else {
+        return ApiError::internal("served by an unknown candidate").into_response();
+    };
     if index > 0 {
         ctx.fallback_from = Some(request.model.clone());
-        ctx.model = Some(model.clone());
+        ctx.model = Some(candidate.model.clone());
+        ctx.end_user.clone_from(&candidate.end_user);
     }
-    ctx.price = priced(model);
+    ctx.price = state.prices.lookup(&candidate.model, ctx.started_at);
     let reply = match result {
         Ok(reply) => reply,
         Err(err) => {
@@ -360,7 +449,9 @@ fn respond(
         // Tell a buffering reverse proxy in front of us to pass events on.
         out_headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     }
-    let observer = if is_sse {
+    let observer = if !status.is_success() {
+        Observer::error_body()
+    } else if is_sse {
         Observer::sse()
     } else {
         Observer::json()
@@ -375,6 +466,8 @@ fn respond(
             policy: state.config.on_client_disconnect,
             tasks: state.tasks.clone(),
             recovery: Some(upstream),
+            drain_for: idle,
+            cut: state.drain_cut.clone(),
         },
     );
     let mut response = Response::new(Body::new(body));
@@ -485,7 +578,12 @@ async fn owned_call(
         ApiError::not_found(format!("No response found with id '{id}'."))
             .with_code("response_not_found")
     };
-    let upstream = match owner_of(state.ledger.recent(), &state.pool, id).await {
+    // An id that cannot be stored cannot be known; the database never sees it.
+    let upstream = match validate::check_text(id, "id", validate::MAX_ID_CHARS) {
+        Err(_) => Ok(None),
+        Ok(()) => owner_of(state.ledger.recent(), &state.pool, id).await,
+    };
+    let upstream = match upstream {
         Ok(Some(owner)) if *owner.tenant == *tenant => owner
             .upstream
             .and_then(|name| state.routes.upstream(&name))
@@ -504,6 +602,12 @@ async fn owned_call(
     };
     if let Some(ctx) = meter.ctx_mut() {
         ctx.upstream = Some(upstream.name.clone());
+    }
+    if method == http::Method::DELETE {
+        if let Err(err) = settle::before_delete(state, &upstream, id).await {
+            meter.reject(&err);
+            return with_request_id(err.into_response(), &request_id);
+        }
     }
     let mut path = format!("/{}{suffix}", upstream::encode_path_segment(id));
     if let Some(query) = query.filter(|q| !q.is_empty()) {
@@ -593,12 +697,44 @@ impl Reply {
         }
     }
 
-    /// An answer whose body was already read (to decide on a retry).
-    fn read(status: StatusCode, headers: HeaderMap, body: Bytes) -> Self {
+    /// An answer whose body was read (to decide on a retry): `head`, then
+    /// the `rest` still to stream when the body was longer than what is held.
+    fn read(status: StatusCode, headers: HeaderMap, head: Bytes, rest: Option<Incoming>) -> Self {
+        let body = match rest {
+            None => Full::new(head).map_err(|never| match never {}).boxed(),
+            Some(rest) => {
+                let head = futures_util::stream::once(async move {
+                    Ok::<_, tap::BoxError>(http_body::Frame::data(head))
+                });
+                let tail = http_body_util::BodyStream::new(rest.map_err(tap::BoxError::from));
+                http_body_util::StreamBody::new(futures_util::StreamExt::chain(head, tail)).boxed()
+            }
+        };
         Self {
             status,
             headers,
-            body: Full::new(body).map_err(|never| match never {}).boxed(),
+            body,
+        }
+    }
+}
+
+/// Reads an error body until it ends or [`tap::ERROR_BODY_PARSE_LIMIT`]
+/// bytes are held; returns those and, if it did not end, the unread rest.
+/// A body that fails or outlives `deadline` gives what was read.
+async fn read_error_head(mut body: Incoming, deadline: Instant) -> (Bytes, Option<Incoming>) {
+    let mut head = bytes::BytesMut::new();
+    loop {
+        if head.len() >= tap::ERROR_BODY_PARSE_LIMIT {
+            return (head.freeze(), Some(body));
+        }
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    head.extend_from_slice(data);
+                }
+            }
+            Ok(None) => return (head.freeze(), None),
+            Ok(Some(Err(_))) | Err(_) => return (head.freeze(), None),
         }
     }
 }
@@ -665,19 +801,16 @@ async fn send_with_retries(
                 worth_another_deployment: false,
             };
         }
-        // Read the (small) error body: a quota error must not be retried and
-        // is passed on exactly as received.
+        // Read the start of the error body: a quota error must not be
+        // retried and is passed on exactly as received. Only a bounded
+        // prefix is held; a longer body is forwarded as it streams.
         let headers = response.headers().clone();
         let wait = retry_after(&headers);
-        let error_body =
-            match tokio::time::timeout_at(deadline, response.into_body().collect()).await {
-                Ok(Ok(body)) => body.to_bytes(),
-                _ => Bytes::new(),
-            };
-        let quota = error_code_from_body(&error_body).as_deref() == Some("insufficient_quota");
+        let (error_head, rest) = read_error_head(response.into_body(), deadline).await;
+        let quota = error_code_from_body(&error_head).as_deref() == Some("insufficient_quota");
         if last || quota {
             return Sent {
-                result: Ok(Reply::read(status, headers, error_body)),
+                result: Ok(Reply::read(status, headers, error_head, rest)),
                 attempts,
                 worth_another_deployment: !quota,
             };

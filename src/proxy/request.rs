@@ -17,14 +17,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::error::ApiError;
-
-/// Built-in tools the platform does not offer (platform.md).
-const UNSUPPORTED_TOOLS: [&str; 4] = [
-    "code_interpreter",
-    "file_search",
-    "web_search",
-    "web_search_preview",
-];
+pub use crate::proxy::validate::McpServer;
+use crate::proxy::validate::{self, check_body, BodyFacts};
 
 const MAX_TIMEOUT_SECS: f64 = 300.0;
 const DEFAULT_STREAM_TIMEOUT: Duration = Duration::from_secs(90);
@@ -78,23 +72,16 @@ pub struct TuringOptions {
     pub fallbacks: Vec<Fallback>,
 }
 
-/// An MCP tool's server host, for the per-tenant allowlist.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct McpServer {
-    pub index: usize,
-    pub host: String,
-}
-
 /// A create request ready to forward.
 #[derive(Debug)]
 pub struct CreateRequest {
     /// The public model id without prefix: the price key.
     pub model: String,
     pub stream: bool,
-    pub end_user: Option<String>,
     pub options: TuringOptions,
-    pub previous_response_id: Option<String>,
-    pub mcp_servers: Vec<McpServer>,
+    /// What the checks learned from the request's own body.
+    pub facts: BodyFacts,
+    pub tags: Vec<String>,
     /// Runs upstream after the create call returns; billed when it finishes.
     pub background: bool,
     /// What goes to the upstream when it knows the model by its public id.
@@ -118,6 +105,30 @@ impl CreateRequest {
         let members: Members =
             serde_json::from_slice(&self.original).map_err(ApiError::internal)?;
         assemble(&members.0, upstream_model, overrides).map_err(ApiError::internal)
+    }
+
+    /// The checks of [`check_body`] on the body a fallback with `overrides`
+    /// would send: the request's fields, replaced by the override's. An
+    /// error names the fallback (`param_prefix`, e.g.
+    /// `turing_options.fallbacks[0]`) before the field.
+    pub fn fallback_facts(
+        &self,
+        overrides: &[(String, Box<RawValue>)],
+        param_prefix: &str,
+    ) -> Result<BodyFacts, ApiError> {
+        if overrides.is_empty() {
+            return Ok(self.facts.clone());
+        }
+        let members: Members =
+            serde_json::from_slice(&self.original).map_err(ApiError::internal)?;
+        let get = |name: &str| -> Option<&RawValue> {
+            overrides
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| &**v)
+                .or_else(|| members.0.iter().find(|(k, _)| k == name).map(|(_, v)| *v))
+        };
+        check_body(&get, &self.tags).map_err(|e| validate::in_fallback(e, param_prefix))
     }
 
     /// The request's deadline for the upstream (platform.md defaults).
@@ -188,29 +199,14 @@ pub fn parse_create(body: &Bytes, model_prefix: &str) -> Result<CreateRequest, R
     }
     let model_raw =
         get("model").ok_or_else(|| reject(ApiError::missing_parameter("model"), &partial))?;
-    let model = match serde_json::from_str::<String>(model_raw.get()) {
-        Ok(m) if !m.is_empty() => m,
-        _ => {
-            return Err(reject(
-                ApiError::invalid_value("model", "'model' must be a non-empty string."),
-                &partial,
-            ))
-        }
-    };
+    let model = validate::model(model_raw, "model").map_err(|e| reject(e, &partial))?;
     let public = model
         .strip_prefix(model_prefix)
         .unwrap_or(&model)
         .to_owned();
     partial.model = Some(public.clone());
-    partial.end_user = ["safety_identifier", "user"]
-        .iter()
-        .filter_map(|f| get(f))
-        .find_map(|raw| serde_json::from_str::<String>(raw.get()).ok());
+    partial.end_user = validate::end_user(&get).map_err(|e| reject(e, &partial))?;
 
-    let mcp_servers = match get("tools") {
-        Some(raw) => check_tools(raw).map_err(|e| reject(e, &partial))?,
-        None => Vec::new(),
-    };
     let tags = match get("tags") {
         Some(raw) => serde_json::from_str::<Option<Vec<String>>>(raw.get())
             .map_err(|_| {
@@ -222,31 +218,7 @@ pub fn parse_create(body: &Bytes, model_prefix: &str) -> Result<CreateRequest, R
             .unwrap_or_default(),
         None => Vec::new(),
     };
-    // Stateful reasoning lives in the upstream's stored response: a request
-    // that asks for it cannot also ask not to be stored.
-    if tags.iter().any(|t| t == "stateful")
-        && get("store").is_some_and(|raw| raw.get().trim() == "false")
-    {
-        return Err(reject(
-            ApiError::invalid_value(
-                "store",
-                "'tags: [\"stateful\"]' keeps reasoning state in the stored response; it cannot be combined with 'store: false'.",
-            ),
-            &partial,
-        ));
-    }
-    let previous_response_id = match get("previous_response_id") {
-        Some(raw) => serde_json::from_str::<Option<String>>(raw.get()).map_err(|_| {
-            reject(
-                ApiError::invalid_value(
-                    "previous_response_id",
-                    "'previous_response_id' must be a string.",
-                ),
-                &partial,
-            )
-        })?,
-        None => None,
-    };
+    let facts = check_body(&get, &tags).map_err(|e| reject(e, &partial))?;
     let background = get("background")
         .map(|raw| serde_json::from_str::<Option<bool>>(raw.get()))
         .transpose()
@@ -268,10 +240,9 @@ pub fn parse_create(body: &Bytes, model_prefix: &str) -> Result<CreateRequest, R
     Ok(CreateRequest {
         model: public,
         stream: partial.stream,
-        end_user: partial.end_user,
         options,
-        previous_response_id,
-        mcp_servers,
+        facts,
+        tags,
         background,
         body: out,
         original: body.clone(),
@@ -323,60 +294,6 @@ fn assemble(
     }
     out.push(b'}');
     Ok(Bytes::from(out))
-}
-
-#[derive(Deserialize)]
-struct ToolType<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    server_url: Option<Cow<'a, str>>,
-}
-
-fn check_tools(raw: &RawValue) -> Result<Vec<McpServer>, ApiError> {
-    let tools: Vec<ToolType> = serde_json::from_str(raw.get()).map_err(|_| {
-        ApiError::invalid_value("tools", "'tools' must be an array of tool objects.")
-    })?;
-    let mut servers = Vec::new();
-    for (i, tool) in tools.iter().enumerate() {
-        let Some(kind) = tool.kind.as_deref() else {
-            return Err(ApiError::missing_parameter(&format!("tools[{i}].type")));
-        };
-        if let Some(base) = unsupported_tool(kind) {
-            return Err(ApiError::invalid_request(format!(
-                "The built-in tool '{kind}' is not supported on this platform ({base} is unavailable). \
-                 Use a custom 'function' tool or an 'mcp' connector instead."
-            ))
-            .with_code("unsupported_tool")
-            .with_param(format!("tools[{i}].type")));
-        }
-        if kind == "mcp" {
-            if let Some(url) = tool.server_url.as_deref() {
-                let host = reqwest::Url::parse(url)
-                    .ok()
-                    .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
-                    .ok_or_else(|| {
-                        ApiError::invalid_value(
-                            format!("tools[{i}].server_url"),
-                            "'server_url' must be an absolute URL.",
-                        )
-                    })?;
-                servers.push(McpServer { index: i, host });
-            }
-        }
-    }
-    Ok(servers)
-}
-
-/// `web_search`, `web_search_2025_08_26`, `web_search_preview_2025_03_11` …
-fn unsupported_tool(kind: &str) -> Option<&'static str> {
-    UNSUPPORTED_TOOLS.iter().copied().find(|base| {
-        kind == *base
-            || kind
-                .strip_prefix(base)
-                .and_then(|rest| rest.strip_prefix('_'))
-                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
-    })
 }
 
 #[derive(Deserialize)]
@@ -451,15 +368,8 @@ fn parse_fallbacks(raw: &RawValue, model_prefix: &str) -> Result<Vec<Fallback>, 
     const PARAM: &str = "turing_options.fallbacks";
     let strip = |m: &str| m.strip_prefix(model_prefix).unwrap_or(m).to_owned();
     let one = |raw: &RawValue, param: &str| -> Result<Fallback, ApiError> {
-        if let Ok(model) = serde_json::from_str::<String>(raw.get()) {
-            return if model.is_empty() {
-                Err(ApiError::invalid_value(
-                    param,
-                    "A fallback model must be a non-empty string.",
-                ))
-            } else {
-                Ok(Fallback::Model(strip(&model)))
-            };
+        if raw.get().trim_start().starts_with('"') {
+            return validate::model(raw, param).map(|model| Fallback::Model(strip(&model)));
         }
         let Ok(members) = serde_json::from_str::<Members>(raw.get()) else {
             return Err(ApiError::invalid_value(
@@ -471,15 +381,7 @@ fn parse_fallbacks(raw: &RawValue, model_prefix: &str) -> Result<Vec<Fallback>, 
         let mut fields = Vec::new();
         for (key, value) in members.0 {
             if key == "model" {
-                model = serde_json::from_str::<String>(value.get())
-                    .ok()
-                    .filter(|m| !m.is_empty());
-                if model.is_none() {
-                    return Err(ApiError::invalid_value(
-                        format!("{param}.model"),
-                        "'model' must be a non-empty string.",
-                    ));
-                }
+                model = Some(validate::model(value, &format!("{param}.model"))?);
             } else if NOT_OVERRIDABLE.contains(&key.as_ref()) {
                 return Err(ApiError::invalid_value(
                     format!("{param}.{key}"),
@@ -711,9 +613,9 @@ mod tests {
         assert_eq!(err.param.as_deref(), Some("store"));
         assert!(parse(r#"{"model":"m","tags":["stateful"]}"#).is_ok());
         let req = parse(r#"{"model":"m","previous_response_id":"resp_1","tools":[{"type":"function","name":"f"},{"type":"mcp","server_label":"x","server_url":"https://MCP.example.com/sse"}]}"#).unwrap();
-        assert_eq!(req.previous_response_id.as_deref(), Some("resp_1"));
+        assert_eq!(req.facts.previous_response_id.as_deref(), Some("resp_1"));
         assert_eq!(
-            req.mcp_servers,
+            req.facts.mcp_servers,
             vec![McpServer {
                 index: 1,
                 host: "mcp.example.com".into()
@@ -739,5 +641,54 @@ mod tests {
         assert_eq!(rejection.partial.model.as_deref(), Some("gpt-5"));
         assert!(rejection.partial.stream);
         assert_eq!(rejection.partial.end_user.as_deref(), Some("u1"));
+    }
+
+    fn storable(value: &str, max: usize) -> bool {
+        !value.chars().any(char::is_control) && value.chars().count() <= max
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        /// Bodies built from hostile pieces: whatever is accepted or left on
+        /// a refused row is storable, and every fallback's checks name it.
+        #[test]
+        fn whatever_passes_or_is_recorded_is_storable(
+            model in r#"(turing/)?[a-z\\u0000\x01é]{0,300}"#,
+            user in r#"[a-z\\u0000\\ud800]{0,600}"#,
+            override_field in proptest::sample::select(vec!["user", "tools", "previous_response_id", "conversation", "store", "stream"]),
+            override_value in proptest::sample::select(vec![r#""a\u0000""#, r#"[{"type":"web_search"}]"#, r#"{"id":"c"}"#, "false", "5", r#""ok""#]),
+        ) {
+            let body = format!(
+                r#"{{"model":"{model}","user":"{user}","tags":["stateful"],"turing_options":{{"fallbacks":[{{"model":"m","{override_field}":{override_value}}}]}}}}"#
+            );
+            match parse_create(&Bytes::from(body), "turing/") {
+                Err(rejection) => {
+                    proptest::prop_assert!(rejection.error.status.is_client_error());
+                    if let Some(m) = &rejection.partial.model {
+                        proptest::prop_assert!(storable(m, validate::MAX_MODEL_CHARS));
+                    }
+                    if let Some(u) = &rejection.partial.end_user {
+                        proptest::prop_assert!(storable(u, validate::MAX_END_USER_CHARS));
+                    }
+                }
+                Ok(request) => {
+                    proptest::prop_assert!(storable(&request.model, validate::MAX_MODEL_CHARS));
+                    for fallback in &request.options.fallbacks {
+                        if let Fallback::Override { fields, .. } = fallback {
+                            match request.fallback_facts(fields, "fb") {
+                                Ok(facts) => {
+                                    if let Some(u) = &facts.end_user {
+                                        proptest::prop_assert!(storable(u, validate::MAX_END_USER_CHARS));
+                                    }
+                                }
+                                Err(err) => proptest::prop_assert!(
+                                    err.param.as_deref().is_some_and(|p| p.starts_with("fb"))
+                                ),
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::DisconnectPolicy;
@@ -29,7 +30,7 @@ use crate::proxy::upstream::Upstream;
 use crate::sse::{SseScanner, TerminalKind};
 use crate::usage::{error_code_from_body, JsonBodyCollector};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The upstream's response body, whatever produced it (the network, or a
 /// body already read to decide on a retry).
@@ -37,6 +38,9 @@ pub type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
 /// A non-streaming body larger than this is forwarded but not read for usage.
 const JSON_COLLECT_LIMIT: usize = 64 * 1024 * 1024;
+/// What is kept of an upstream error body to read its `error.code`: the
+/// whole body is forwarded, only this much is parsed.
+pub const ERROR_BODY_PARSE_LIMIT: usize = 1024 * 1024;
 
 pub enum Observer {
     Json(JsonBodyCollector),
@@ -46,6 +50,11 @@ pub enum Observer {
 impl Observer {
     pub fn json() -> Self {
         Self::Json(JsonBodyCollector::new(JSON_COLLECT_LIMIT))
+    }
+
+    /// For an error answer: only its `error.code` is wanted.
+    pub fn error_body() -> Self {
+        Self::Json(JsonBodyCollector::new(ERROR_BODY_PARSE_LIMIT))
     }
 
     pub fn sse() -> Self {
@@ -66,6 +75,10 @@ enum End {
     UpstreamError,
     Timeout,
     ClientGone,
+    /// The client had left and the drain reached the request's timeout.
+    DrainTimeout,
+    /// Shutdown's drain deadline passed while the drain was still reading.
+    ShutdownCut,
 }
 
 #[derive(Debug)]
@@ -89,6 +102,12 @@ pub struct TapSettings {
     pub tasks: TaskTracker,
     /// Asked for the final response when a stream ends without one.
     pub recovery: Option<Arc<Upstream>>,
+    /// Longest a drain (or recovery) may run after the client left: the
+    /// request's timeout. Silence or SSE comments cannot stretch it.
+    pub drain_for: Duration,
+    /// Fires when shutdown's drain deadline has passed: every drain and
+    /// recovery records what it knows at once.
+    pub cut: CancellationToken,
 }
 
 pub struct MeteredBody {
@@ -138,17 +157,24 @@ impl MeteredBody {
         // stream, an `error` event): the upstream may still hold its usage.
         let usage_missing = outcome.summary.as_ref().is_none_or(|s| s.usage.is_none());
         // Background responses (`Queued`) are settled by the reconciler instead.
+        // A drain cut at its bound records at once: recovering would
+        // stretch the bound it was cut for.
         let recoverable = !matches!(
             outcome.status,
             RequestStatus::UpstreamError | RequestStatus::Queued
-        );
+        ) && !matches!(end, End::DrainTimeout | End::ShutdownCut);
         if usage_missing && recoverable && self.can_spawn() {
             if let (Some(id), Some(upstream)) =
                 (outcome.response_id.clone(), self.settings.recovery.clone())
             {
-                let within = self.settings.idle;
+                let within = self.settings.idle.min(self.settings.drain_for);
+                let cut = self.settings.cut.clone();
                 self.settings.tasks.spawn(async move {
-                    let outcome = match upstream.recover(&id, within).await {
+                    let recovered = tokio::select! {
+                        summary = upstream.recover(&id, within) => summary,
+                        () = cut.cancelled() => None,
+                    };
+                    let outcome = match recovered {
                         Some(summary) => outcome.recovered(summary),
                         None => outcome,
                     };
@@ -171,6 +197,8 @@ impl MeteredBody {
             End::UpstreamError => "upstream_stream_error",
             End::Timeout => "upstream_timeout",
             End::ClientGone => "client_disconnected",
+            End::DrainTimeout => "drain_timeout",
+            End::ShutdownCut => "shutdown_drain_cut",
         };
         let status = self.http_status;
         match &mut self.observer {
@@ -240,9 +268,15 @@ impl Body for MeteredBody {
                 if let Some(data) = frame.data_ref() {
                     this.first_byte_at.get_or_insert_with(Utc::now);
                     this.observer.feed(data);
-                    this.timer
-                        .as_mut()
-                        .reset(Instant::now() + this.settings.idle);
+                    // Keep-alive comments prove the connection, not progress:
+                    // an upstream sending only those still times out.
+                    let keep_alive =
+                        matches!(this.observer, Observer::Sse(_)) && comments_only(data);
+                    if !keep_alive {
+                        this.timer
+                            .as_mut()
+                            .reset(Instant::now() + this.settings.idle);
+                    }
                 }
                 if this.inner.as_ref().is_some_and(Body::is_end_stream) {
                     this.finish(End::Complete);
@@ -283,7 +317,10 @@ impl Drop for MeteredBody {
         if self.meter.is_none() {
             return;
         }
-        let drain = self.settings.policy == DisconnectPolicy::Drain && self.can_spawn();
+        // An error answer carries no usage: nothing to drain for.
+        let drain = self.settings.policy == DisconnectPolicy::Drain
+            && (200..300).contains(&self.http_status)
+            && self.can_spawn();
         if !drain {
             self.finish(End::ClientGone);
             return;
@@ -296,21 +333,45 @@ impl Drop for MeteredBody {
             meter: self.meter.take(),
             http_status: self.http_status,
             first_byte_at: self.first_byte_at,
-            timer: Box::pin(tokio::time::sleep(self.settings.idle)),
+            // The drain's overall bound (below) is its deadline; the idle
+            // timer starts past it so the two do not race to end it.
+            timer: Box::pin(tokio::time::sleep(
+                self.settings.drain_for + self.settings.idle,
+            )),
             settings: TapSettings {
                 policy: DisconnectPolicy::Abort,
                 ..self.settings.clone()
             },
             client_gone: true,
         };
+        let bound = self.settings.drain_for;
+        let cut = self.settings.cut.clone();
         self.settings.tasks.spawn(async move {
-            while let Some(frame) = rest.frame().await {
-                if frame.is_err() {
-                    break;
-                }
+            let cut_by = tokio::select! {
+                () = async {
+                    while let Some(frame) = rest.frame().await {
+                        if frame.is_err() {
+                            break;
+                        }
+                    }
+                } => None,
+                () = tokio::time::sleep(bound) => Some(End::DrainTimeout),
+                () = cut.cancelled() => Some(End::ShutdownCut),
+            };
+            if let Some(end) = cut_by {
+                rest.finish(end);
             }
         });
     }
+}
+
+/// True when every complete line of `chunk` is an SSE comment (`:` …) or
+/// blank. A chunk that starts mid-line counts as progress unless it is
+/// comment-shaped too; misjudging one chunk only delays the idle reset.
+fn comments_only(chunk: &[u8]) -> bool {
+    chunk
+        .split(|b| *b == b'\n' || *b == b'\r')
+        .all(|line| line.is_empty() || line.first() == Some(&b':'))
 }
 
 #[cfg(test)]
@@ -366,6 +427,8 @@ mod tests {
                     policy: DisconnectPolicy::Drain,
                     tasks: TaskTracker::new(),
                     recovery: None,
+                    drain_for: Duration::from_secs(5),
+                    cut: CancellationToken::new(),
                 },
             );
             let forwarded = body.collect().await.unwrap().to_bytes().to_vec();
@@ -422,5 +485,15 @@ mod tests {
             row.error_code.as_deref(),
             Some("stream_ended_without_terminal_event")
         );
+    }
+
+    #[test]
+    fn only_comment_chunks_count_as_keep_alive() {
+        assert!(comments_only(b": keep-alive\n\n"));
+        assert!(comments_only(b"\r\n:x\r\n"));
+        assert!(!comments_only(
+            b": ping\n\nevent: response.output_text.delta\n"
+        ));
+        assert!(!comments_only(b"data: {}\n\n"));
     }
 }
