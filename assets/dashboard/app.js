@@ -338,7 +338,7 @@ async function loadHistory(model) {
   $("history-model").textContent = model;
   const currentId = body.current?.id;
   table($("history-table"), priceColumns({ title: "Version", value: (p) =>
-    `#${p.id}${p.id === currentId ? " (current)" : ""}${p.retired ? " retired" : ""}` })
+    `#${p.id}${p.id === currentId ? " (current)" : ""}${Date.parse(p.effective_from) > Date.now() ? " (scheduled)" : ""}${p.retired ? " retired" : ""}` })
     .concat([{ title: "Created by", value: (p) => p.created_by }]),
     [...body.history].reverse());
   $("history-card").hidden = false;
