@@ -60,18 +60,37 @@ async fn traffic(gw: &TestGateway) -> Traffic {
         .unwrap();
     let none = json!({});
     let acme_requests = [
-        (0, request("turing/gpt-5.5", "1234,200,567,64", none.clone())),
+        (
+            0,
+            request("turing/gpt-5.5", "1234,200,567,64", none.clone()),
+        ),
         (0, request("gpt-5.5", "98765,4321,1234,999", none.clone())),
-        (1, request("turing/gpt-5.4-mini", "777,13,333,17", none.clone())),
+        (
+            1,
+            request("turing/gpt-5.4-mini", "777,13,333,17", none.clone()),
+        ),
         (1, request("gpt-5.4-mini", "123457,0,98,0", none.clone())),
         (1, request("gpt-5.4-mini", "5,1,7,3", none.clone())),
-        (0, request("gpt-5.5", "50,0,40,0", json!({"mock_status": "failed"}))),
-        (0, request("gpt-5.5", "10,0,10,0", json!({"mock_http_status": "500"}))),
-        (1, request("gpt-5.5", "300,0,200,0", json!({"mock_tier": "flex"}))),
+        (
+            0,
+            request("gpt-5.5", "50,0,40,0", json!({"mock_status": "failed"})),
+        ),
+        (
+            0,
+            request("gpt-5.5", "10,0,10,0", json!({"mock_http_status": "500"})),
+        ),
+        (
+            1,
+            request("gpt-5.5", "300,0,200,0", json!({"mock_tier": "flex"})),
+        ),
         (0, request("gpt-unknown-model", "1,0,1,0", none.clone())),
     ];
     for (key, body) in &acme_requests {
-        gw.create(&acme[*key], body.clone()).await.text().await.unwrap();
+        gw.create(&acme[*key], body.clone())
+            .await
+            .text()
+            .await
+            .unwrap();
     }
     for usage in ["4000,1000,3000,100", "17,0,29,0"] {
         gw.create(&globex.key, request("gpt-5.2", usage, none.clone()))
@@ -107,11 +126,16 @@ fn browser_missing() -> Option<String> {
     if !Path::new(CHROMIUM).exists() {
         return Some(format!("{CHROMIUM} is missing (apt-get install chromium)"));
     }
-    let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/node_modules/playwright-core");
+    let modules =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/node_modules/playwright-core");
     if !modules.exists() {
         return Some("tests/browser/node_modules is missing (npm ci in tests/browser)".into());
     }
-    if std::process::Command::new("node").arg("--version").output().is_err() {
+    if std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         return Some("node is missing".into());
     }
     None
@@ -184,16 +208,39 @@ async fn assets_are_served_from_the_binary_with_a_strict_policy(pool: PgPool) {
         let response = http.get(gw.url(path)).send().await.unwrap();
         assert_eq!(response.status(), 200, "{path}");
         let headers = response.headers();
-        assert!(headers["content-type"].to_str().unwrap().starts_with(content_type), "{path}");
+        assert!(
+            headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with(content_type),
+            "{path}"
+        );
         let csp = headers["content-security-policy"].to_str().unwrap();
         assert!(csp.starts_with("default-src 'self'"), "{csp}");
-        assert!(csp.contains("connect-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+        assert!(
+            csp.contains("connect-src 'self'") && !csp.contains("unsafe-inline"),
+            "{csp}"
+        );
         assert_eq!(headers["x-content-type-options"], "nosniff");
     }
-    let html = http.get(gw.url("/dashboard")).send().await.unwrap().text().await.unwrap();
+    let html = http
+        .get(gw.url("/dashboard"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(html.contains(r#"name="token""#));
-    assert!(!html.contains("http://") && !html.contains("https://"), "no external URL in the page");
-    for missing in ["/dashboard/nope.js", "/dashboard/../Cargo.toml", "/dashboard/vendor/"] {
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no external URL in the page"
+    );
+    for missing in [
+        "/dashboard/nope.js",
+        "/dashboard/../Cargo.toml",
+        "/dashboard/vendor/",
+    ] {
         let response = http.get(gw.url(missing)).send().await.unwrap();
         assert_eq!(response.status(), 404, "{missing}");
     }
