@@ -92,6 +92,15 @@ async fn traffic(gw: &TestGateway) -> Traffic {
             .await
             .unwrap();
     }
+    // Enough rows for the tenant's records table to need a second page (50 a page).
+    for i in 0..45 {
+        let usage = format!("{},0,{},0", 11 + i, 3 + i * 7);
+        gw.create(&acme[i % 2], request("gpt-5.5", &usage, none.clone()))
+            .await
+            .text()
+            .await
+            .unwrap();
+    }
     for usage in ["4000,1000,3000,100", "17,0,29,0"] {
         gw.create(&globex.key, request("gpt-5.2", usage, none.clone()))
             .await
@@ -99,7 +108,7 @@ async fn traffic(gw: &TestGateway) -> Traffic {
             .await
             .unwrap();
     }
-    let rows = acme_requests.len() + 2;
+    let rows = acme_requests.len() + 45 + 2;
     assert_eq!(gw.rows(rows).await.len(), rows);
     Traffic {
         acme_key: acme[0].clone(),

@@ -157,6 +157,44 @@ async function checkRecordsAndCsv(page, token, recordsPath, range, model) {
   console.log(`ok records filter ${model}: ${models.length} rows; CSV ${lines.length - 1} rows`);
 }
 
+/** Unfiltered records: more than one page; "Next page" appends the rest. */
+async function checkPaging(page, token, recordsPath, range) {
+  await page.selectOption("#filter-model", "");
+  await page.click('#records-form button[type="submit"]');
+  await page.waitForSelector('body[data-records="ready"]');
+  const expected = await apiRecordCount(token, recordsPath, { start_time: range.start, end_time: range.end });
+  assert.ok(expected > 50, `the test needs more than one page of records (has ${expected})`);
+  assert.equal(await page.locator("#records-table tbody tr").count(), 50, "first page: 50 rows");
+  while (await page.locator("#records-more").isVisible()) {
+    const shown = await page.locator("#records-table tbody tr").count();
+    await page.click("#records-more");
+    await page.waitForFunction((n) => document.querySelectorAll("#records-table tbody tr").length > n, shown);
+  }
+  const ids = await page.$$eval('#records-table td[data-col="request_id"]', (tds) => tds.map((td) => td.textContent));
+  assert.equal(ids.length, expected, "all pages together show every record");
+  assert.equal(new Set(ids).size, ids.length, "no record shown twice across pages");
+  console.log(`ok paging: ${ids.length} records over ${Math.ceil(ids.length / 50)} pages`);
+}
+
+/** A reload keeps the session (sessionStorage); a range with no traffic shows zero, as the API does. */
+async function checkReloadAndRange(page, token, usagePath) {
+  await page.reload();
+  await page.waitForSelector('body[data-ready="true"]', { timeout: 20_000 });
+  assert.ok(await page.locator("#sign-in").isHidden(), "a reload keeps the tab signed in");
+  await tab(page, "overview");
+  await page.fill("#range-start", "2020-01-01");
+  await page.fill("#range-end", "2020-01-31");
+  await page.click('#range-form button[type="submit"]');
+  await page.waitForFunction(() => document.getElementById("totals").dataset.start === String(Date.UTC(2020, 0, 1) / 1000)
+    && document.body.dataset.ready === "true");
+  const shown = await pageTotals(page);
+  assert.equal(Number(shown.end), Date.UTC(2020, 1, 1) / 1000, "the range's last day is included");
+  const fromApi = await apiTotals(token, usagePath, shown.start, shown.end);
+  assert.deepEqual([shown.cost, Number(shown.requests)], [fromApi.cost, fromApi.requests]);
+  assert.deepEqual([shown.cost, shown.requests], ["0", "0"], "no traffic in January 2020");
+  console.log("ok reload keeps the session; a chosen range equals the API");
+}
+
 async function checkAdmin(context) {
   const page = await context.newPage();
   watch(page);
@@ -216,9 +254,8 @@ async function checkTenant(context) {
   assert.match(await page.textContent("#role"), /Tenant/);
   const range = await checkTotals(page, tenantKey, "/v1/usage", info.expected.tenant, "tenant");
   await checkRecordsAndCsv(page, tenantKey, "/v1/usage/records", range, info.filter_model);
-  await page.selectOption("#filter-model", "");
-  await page.click('#records-form button[type="submit"]');
-  await page.waitForSelector('body[data-records="ready"]');
+  await checkPaging(page, tenantKey, "/v1/usage/records", range);
+  await checkReloadAndRange(page, tenantKey, "/v1/usage");
   await tab(page, "limits");
   await page.waitForFunction(() => document.getElementById("limits").textContent.length > 0);
   // Everything the page holds, hidden panels and select options included.
