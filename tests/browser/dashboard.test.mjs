@@ -90,6 +90,8 @@ function watch(page) {
   page.on("request", (request) => {
     const url = request.url();
     if (!(url.startsWith(`${origin}/`) || url.startsWith(`blob:${origin}/`))) leaks.push(url);
+    // The credential travels only in the Authorization header, never in a URL.
+    if (url.includes(adminToken) || url.includes(tenantKey)) leaks.push(`credential in URL: ${url}`);
   });
   page.on("pageerror", (error) => pageErrors.push(error.message));
 }
