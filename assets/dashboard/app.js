@@ -393,7 +393,10 @@ async function loadLimits() {
 /** The scopes of a §8 status answer: `/v1/key` (key + tenant) or `/admin/limits` (a list). */
 function limitScopes(body) {
   const scopes = [];
-  const push = (title, value) => { if (value && (value.budget || value.rate)) scopes.push([title, value]); };
+  const push = (title, raw) => {
+    const value = raw?.status ?? raw; // a scope may carry {settings, status} or the status itself
+    if (value && (value.budget || value.rate)) scopes.push([title, value]);
+  };
   if (Array.isArray(body?.data)) {
     for (const item of body.data) {
       const name = item.tenant ?? item.key_id ?? item.id ?? "";
