@@ -79,6 +79,7 @@ Tollgate demo is serving on {base} (simulated upstream, bundled prices).
 
   demo tenant key : {key}
   admin token     : {admin_token}
+  dashboard       : {base}/dashboard  (sign in with either of the two above)
 
 Try it (copy and paste):
 

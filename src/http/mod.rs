@@ -12,6 +12,7 @@
 //!    request is metered; body limits are enforced by the proxy itself so that
 //!    a 413 is metered too (axum's default 2 MiB limit is disabled).
 
+mod dashboard;
 mod health;
 mod metrics;
 pub mod openapi;
@@ -87,6 +88,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics_endpoint))
         .route("/openapi.json", get(openapi::openapi_json))
+        .route("/", get(dashboard::root))
+        .route("/dashboard", get(dashboard::index))
+        .route("/dashboard/", get(dashboard::index))
+        .route("/dashboard/{*asset}", get(dashboard::asset))
         .fallback(not_found)
         .layer(DefaultBodyLimit::disable())
         .layer(TraceLayer::new_for_http())
