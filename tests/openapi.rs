@@ -19,6 +19,7 @@ const TOOLS: &[&str] = &["schemathesis==4.32.5", "openapi-spec-validator==0.9.0"
 
 /// The endpoints Tollgate itself owns; each must be in the document.
 const OWNED: &[(&str, &str)] = &[
+    ("get", "/v1/models"),
     ("get", "/v1/usage"),
     ("get", "/v1/usage/records"),
     ("get", "/admin/usage"),

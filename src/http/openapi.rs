@@ -32,6 +32,7 @@ pub const OPENAI_SPEC: &str = "https://github.com/openai/openai-openapi";
         license(name = "Apache-2.0"),
     ),
     paths(
+        crate::proxy::list_models,
         crate::reports::tenant_usage,
         crate::reports::tenant_records,
         crate::reports::admin_usage,
@@ -221,4 +222,22 @@ pub struct QuarantineList {
     pub data: Vec<crate::ledger::quarantine::QuarantinedRow>,
     /// Every quarantined row, not only this page.
     pub total: i64,
+}
+
+/// One entry of `GET /v1/models`, as OpenAI shapes it.
+#[derive(ToSchema)]
+pub struct Model {
+    /// The public id, prefix included (`turing/gpt-5.5`).
+    pub id: String,
+    pub object: String,
+    /// Unix seconds: when the price now in force took effect.
+    pub created: i64,
+    pub owned_by: String,
+}
+
+/// `GET /v1/models`.
+#[derive(ToSchema)]
+pub struct ModelList {
+    pub object: String,
+    pub data: Vec<Model>,
 }

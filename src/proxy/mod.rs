@@ -639,6 +639,12 @@ async fn owned_call(
 }
 
 /// `GET /v1/models`: the public models with a price in force.
+#[utoipa::path(get, path = "/v1/models", tag = "usage", security(("key" = [])),
+    responses(
+        (status = 200, description = "The public models this key may use.", body = crate::http::openapi::ModelList),
+        (status = 401, description = "Missing or unknown key.", body = crate::error::Envelope),
+        (status = 503, description = "The database is unavailable.", body = crate::error::Envelope),
+    ))]
 pub async fn list_models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(err) = state.auth.authenticate(authorization(&headers)).await {
         return err.into_response();
