@@ -272,6 +272,17 @@ async fn forward_routed(
         });
     }
 
+    // Spend control: reserve the estimate against every candidate's price.
+    let prices: Vec<_> = chain.iter().map(|c| priced(&c.model)).collect();
+    let estimate = || crate::limits::Estimate::of_request(&request.body, &prices);
+    let admission = match meter.ctx() {
+        Some(ctx) if kind.billable() => match crate::limits::admit(state, ctx, estimate).await {
+            Ok(admission) => admission,
+            Err(err) => refuse!(err),
+        },
+        _ => crate::limits::Admission::default(),
+    };
+
     let request_id = meter.request_id().to_owned();
     let mut attempts = 0;
     let mut last_failure: Option<(Result<Reply, ApiError>, Deployment, usize)> = None;
@@ -325,14 +336,16 @@ async fn forward_routed(
             return err.into_response();
         }
     };
-    respond(
+    let mut response = respond(
         state,
         meter,
         reply,
         request.stream,
         request.timeout(),
         deployment.upstream,
-    )
+    );
+    admission.apply(response.headers_mut());
+    response
 }
 
 /// The upstream's answer, handed to the client through the metering body.
