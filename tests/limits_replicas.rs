@@ -84,7 +84,8 @@ async fn hard_budget_holds_across_three_replicas_under_300_requests(pool: PgPool
         json!({"budget": {"amount": amount.to_string(), "mode": "hard", "period": "total"}}),
     )
     .await;
-    let body = json!({"model": "gpt-5.5", "input": "x", "max_output_tokens": 100,
+    // More body bytes than input tokens, as a real prompt: the estimate bounds the cost.
+    let body = json!({"model": "gpt-5.5", "input": "x".repeat(200), "max_output_tokens": 100,
                       "metadata": {"mock_usage": "100,0,100,0"}});
     let mut admitted = 0;
     let mut sent = 0;
@@ -107,6 +108,11 @@ async fn hard_budget_holds_across_three_replicas_under_300_requests(pool: PgPool
     assert!(spent <= amount, "spent {spent} > {amount}");
     assert_eq!(spent, cost * Decimal::from(admitted as i64));
     assert!(admitted >= 1);
+    let overruns: i64 = sqlx::query_scalar("SELECT count(*) FROM limit_overruns")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(overruns, 0);
 }
 
 #[sqlx::test]
@@ -118,5 +124,8 @@ async fn requests_per_minute_holds_across_three_replicas(pool: PgPool) {
     let admitted = statuses.iter().filter(|s| **s == 200).count();
     println!("3 replicas, rpm 7: admitted {admitted} of 90");
     assert_eq!(admitted, 7, "{statuses:?}");
-    assert!(statuses.iter().all(|s| *s == 200 || *s == 429));
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
 }

@@ -54,10 +54,17 @@ struct Snapshot {
     scopes: HashSet<(Scope, String)>,
 }
 
-/// The in-memory set of limited scopes.
+/// Admissions of one tenant take turns in this process before they take a
+/// connection: they would queue on the tenant's row lock anyway, and
+/// queueing here holds no connection (a burst on one tenant cannot drain
+/// the pool and turn into 503s).
+const STRIPES: usize = 64;
+
+/// The in-memory set of limited scopes, and the per-tenant turns.
 pub struct Limits {
     snapshot: ArcSwap<Snapshot>,
     reloading: tokio::sync::Mutex<()>,
+    turns: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl Default for Limits {
@@ -68,6 +75,7 @@ impl Default for Limits {
                 scopes: HashSet::new(),
             }),
             reloading: tokio::sync::Mutex::new(()),
+            turns: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         }
     }
 }
@@ -106,6 +114,14 @@ impl Limits {
         });
         self.snapshot.store(snap.clone());
         Ok(snap)
+    }
+
+    fn turn(&self, tenant: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        tenant.hash(&mut hasher);
+        let index = usize::try_from(hasher.finish() % STRIPES as u64).unwrap_or(0);
+        &self.turns[index]
     }
 
     /// Forgets the cached set (after a change made on this replica).
@@ -191,7 +207,11 @@ pub async fn admit(
         ttl: RESERVATION_TTL,
     };
     RESERVED_ANY.store(true, Ordering::Relaxed);
-    match store::admit(&state.pool, &ask).await? {
+    let decided = {
+        let _turn = state.limits.turn(tenant).lock().await;
+        store::admit(&state.pool, &ask).await?
+    };
+    match decided {
         Ok(granted) => Ok(Admission {
             requests: tightest(&granted.requests),
             tokens: tightest(&granted.tokens),
