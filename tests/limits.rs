@@ -121,7 +121,7 @@ async fn hard_budget_is_never_exceeded_under_50_concurrent_requests(pool: PgPool
     let spent = ledger_sum(&pool, &id).await;
     println!("hard budget {amount}: admitted {admitted} of 250 (at most 10 fit), spent {spent}");
     assert!(spent <= amount, "spent {spent} > {amount}");
-    assert!(admitted >= 1 && admitted <= 10);
+    assert!((1..=10).contains(&admitted));
     let rejected: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM usage_ledger WHERE status = 'rejected' AND error_code = 'insufficient_quota'",
     )
