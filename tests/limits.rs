@@ -461,3 +461,37 @@ async fn an_actual_above_the_estimate_is_recorded_as_overrun(pool: PgPool) {
     assert_eq!(dec(budget["spent"].as_str().unwrap()), actual);
     gw.shutdown().await;
 }
+
+#[sqlx::test]
+async fn tokens_per_minute_is_given_back_what_the_estimate_held_beyond_the_actual(pool: PgPool) {
+    let gw = TestGateway::start(pool.clone()).await;
+    gw.set_price("gpt-5.5", gpt55_price()).await;
+    let key = gw.key("acme").await;
+    let id = key_id(&gw, &key).await;
+    put_limits(
+        &gw,
+        &format!("/admin/limits/keys/{id}"),
+        json!({"rate": {"tokens_per_minute": 600}}),
+    )
+    .await;
+    // Estimate: ~100 body bytes + 1000 output tokens, more than the whole
+    // allowance: taken from the full bucket, which goes below zero.
+    let body = json!({"model": "gpt-5.5", "input": "x", "max_output_tokens": 1000,
+                      "metadata": {"mock_usage": "100,0,100,0"}});
+    let r = gw.create(&key, body.clone()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-ratelimit-remaining-tokens"], "0");
+    // Right away the bucket is empty: a second request waits.
+    let second = gw.create(&key, body).await;
+    assert_eq!(second.status(), 429);
+    settled(&gw, 2).await;
+    // Settled with 200 actual tokens: ~900 given back, so about 400 are
+    // there again (without the refund it would stay 0 for a minute).
+    let (_, status) = get_key(&gw, &key).await;
+    let remaining = status["limits"]["key"]["rate"]["tokens_per_minute"]["remaining"]
+        .as_i64()
+        .unwrap();
+    println!("tpm 600 after one request of 200 actual tokens: remaining {remaining}");
+    assert!(remaining >= 390, "{status}");
+    gw.shutdown().await;
+}
