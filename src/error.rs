@@ -34,6 +34,8 @@ pub struct ApiError {
     pub param: Option<String>,
     pub message: String,
     pub source: ErrorSource,
+    /// Seconds for a `retry-after` header (spend-control refusals).
+    pub retry_after: Option<u64>,
 }
 
 /// The OpenAI error envelope every Tollgate-raised error is rendered in.
@@ -67,6 +69,7 @@ impl ApiError {
             param: None,
             message: message.into(),
             source,
+            retry_after: None,
         }
     }
 
@@ -158,6 +161,20 @@ impl ApiError {
         .with_code("request_too_large")
     }
 
+    /// 429 `insufficient_quota` (type and code): a budget would be exceeded.
+    pub fn insufficient_quota(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", message)
+            .with_code("insufficient_quota")
+    }
+
+    /// 429 `rate_limit_exceeded` with `retry-after`: a rate or concurrency limit.
+    pub fn rate_limited(message: impl Into<String>, retry_after: u64) -> Self {
+        let mut err = Self::new(StatusCode::TOO_MANY_REQUESTS, "requests", message)
+            .with_code("rate_limit_exceeded");
+        err.retry_after = Some(retry_after);
+        err
+    }
+
     /// 422 for admin input that parses but is not acceptable; `field` names it.
     pub fn unprocessable(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self::new(
@@ -209,14 +226,16 @@ impl ApiError {
     /// Retrying an identical request can only help for upstream and capacity
     /// faults; everything the client sent wrong fails again the same way.
     pub fn retryable(&self) -> bool {
-        matches!(
-            self.status,
-            StatusCode::REQUEST_TIMEOUT
-                | StatusCode::TOO_MANY_REQUESTS
-                | StatusCode::BAD_GATEWAY
-                | StatusCode::SERVICE_UNAVAILABLE
-                | StatusCode::GATEWAY_TIMEOUT
-        )
+        // A spent budget stays spent until its period resets.
+        self.kind != "insufficient_quota"
+            && matches!(
+                self.status,
+                StatusCode::REQUEST_TIMEOUT
+                    | StatusCode::TOO_MANY_REQUESTS
+                    | StatusCode::BAD_GATEWAY
+                    | StatusCode::SERVICE_UNAVAILABLE
+                    | StatusCode::GATEWAY_TIMEOUT
+            )
     }
 
     /// The `error_code` recorded in the ledger for a refused request.
@@ -255,6 +274,9 @@ impl IntoResponse for ApiError {
         );
         if !self.retryable() {
             headers.insert("x-should-retry", HeaderValue::from_static("false"));
+        }
+        if let Some(seconds) = self.retry_after {
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

@@ -14,6 +14,7 @@ pub mod telemetry;
 
 pub mod auth;
 pub mod ledger;
+pub mod limits;
 pub mod metering;
 pub mod pricing;
 pub mod proxy;

@@ -49,6 +49,7 @@ pub async fn build_state(
         auth: Authenticator::new(pool.clone()),
         prices,
         ledger,
+        limits: Default::default(),
         routes,
         tasks: TaskTracker::new(),
         shutdown: CancellationToken::new(),

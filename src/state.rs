@@ -28,6 +28,8 @@ pub struct AppState {
     pub auth: Authenticator,
     pub prices: PriceBook,
     pub ledger: LedgerHandle,
+    /// Which scopes have limits (spend control; see [`crate::limits`]).
+    pub limits: crate::limits::Limits,
     pub routes: Routes,
     /// Work that must finish before exit (drains of abandoned streams).
     pub tasks: TaskTracker,

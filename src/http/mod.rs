@@ -30,7 +30,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{admin, proxy, reports};
+use crate::{admin, limits, proxy, reports};
 
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.body_limit_bytes;
@@ -59,6 +59,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 get(proxy::list_input_items),
             )
             .route(&format!("{prefix}/models"), get(proxy::list_models))
+            .route(&format!("{prefix}/key"), get(limits::api::key_status))
             .route(&format!("{prefix}/usage"), get(reports::tenant_usage))
             .route(
                 &format!("{prefix}/usage/records"),
@@ -78,6 +79,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/admin/reprice", post(admin::reprice))
         .route("/admin/ledger/quarantine", get(admin::list_quarantine))
+        .route("/admin/limits", get(limits::api::list))
+        .route(
+            "/admin/limits/tenants/{tenant}",
+            put(limits::api::put_tenant)
+                .get(limits::api::get_tenant)
+                .delete(limits::api::delete_tenant),
+        )
+        .route(
+            "/admin/limits/keys/{key_id}",
+            put(limits::api::put_key)
+                .get(limits::api::get_key)
+                .delete(limits::api::delete_key),
+        )
         .route("/admin/usage", get(reports::admin_usage))
         .route("/admin/usage/records", get(reports::admin_records))
         .layer(DefaultBodyLimit::max(limit));

@@ -450,6 +450,9 @@ pub(crate) async fn insert_rows(pool: &PgPool, rows: &[LedgerRow]) -> Result<(),
     .bind(optional_text!(anomaly))
     .execute(pool)
     .await?;
+    // Only now is the rows' spend visible to admission: release what the
+    // requests reserved (spend control; a no-op without limits).
+    crate::limits::settle_stored(pool, rows).await;
     Ok(())
 }
 

@@ -187,6 +187,13 @@ async fn forward_routed(
         }
     };
     let (request, chain) = prepared;
+    let admission = match limit(state, &meter, &request, &chain, kind).await {
+        Ok(admission) => admission,
+        Err(err) => {
+            meter.reject(&err);
+            return err.into_response();
+        }
+    };
     let served = match send_chain(state, &request, &chain, kind, meter.request_id()).await {
         Ok(Some(served)) => served,
         Ok(None) => {
@@ -199,7 +206,32 @@ async fn forward_routed(
             return err.into_response();
         }
     };
-    answer(state, meter, &request, &chain, served)
+    let mut response = answer(state, meter, &request, &chain, served);
+    admission.apply(response.headers_mut());
+    response
+}
+
+/// Spend control, once the request and every candidate passed their checks
+/// and before anything is sent: the estimate is reserved against the highest
+/// price any candidate could be served at.
+async fn limit(
+    state: &AppState,
+    meter: &Meter,
+    request: &CreateRequest,
+    chain: &[Candidate],
+    kind: Routed,
+) -> Result<crate::limits::Admission, ApiError> {
+    let Some(ctx) = meter.ctx().filter(|_| kind.billable()) else {
+        return Ok(crate::limits::Admission::default());
+    };
+    let prices: Vec<_> = chain
+        .iter()
+        .map(|c| state.prices.lookup(&c.model, ctx.started_at))
+        .collect();
+    crate::limits::admit(state, ctx, || {
+        crate::limits::Estimate::of_request(&request.body, &prices)
+    })
+    .await
 }
 
 /// Everything decided before the first byte goes upstream: the body read and

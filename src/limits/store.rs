@@ -1,0 +1,475 @@
+//! The SQL of spend control: limit rows, the admission transaction,
+//! settlement of reservations by the ledger writer, and live status reads.
+//!
+//! Admission is one transaction: lock the key's then the tenant's `limits`
+//! row (`ORDER BY scope_kind, scope_id ... FOR UPDATE`, the one global order
+//! every locker here uses, so no two transactions deadlock), read the
+//! database clock, the ledger's spend of the period, the open reservations,
+//! the buckets; decide; then save the buckets and insert the reservation.
+//! Concurrent admissions for the same scope therefore run one after another
+//! on any replica, each seeing the reservations of those before it.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+
+use super::budget::{self, Mode, Period};
+use super::estimate::Estimate;
+use super::rate::{self, Bucket};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    Tenant,
+    Key,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tenant => "tenant",
+            Self::Key => "key",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "tenant" => Some(Self::Tenant),
+            "key" => Some(Self::Key),
+            _ => None,
+        }
+    }
+
+    /// The column of the ledger and of the reservations naming the scope.
+    fn column(self) -> &'static str {
+        match self {
+            Self::Tenant => "tenant_id",
+            Self::Key => "api_key_id",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetSetting {
+    pub amount: Decimal,
+    pub period: Period,
+    pub mode: Mode,
+}
+
+/// What an admin sets for one scope.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settings {
+    pub budget: Option<BudgetSetting>,
+    pub requests_per_minute: Option<i64>,
+    pub tokens_per_minute: Option<i64>,
+    pub concurrent_requests: Option<i64>,
+}
+
+/// One `limits` row: settings plus bucket state.
+#[derive(Debug, Clone)]
+pub struct LimitRow {
+    pub scope: Scope,
+    pub id: String,
+    pub settings: Settings,
+    pub rpm_level: Decimal,
+    pub tpm_level: Decimal,
+    pub bucket_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct RawRow {
+    scope_kind: String,
+    scope_id: String,
+    budget_amount: Option<Decimal>,
+    budget_period: Option<String>,
+    budget_mode: Option<String>,
+    requests_per_minute: Option<i64>,
+    tokens_per_minute: Option<i64>,
+    concurrent_requests: Option<i64>,
+    rpm_level: Decimal,
+    tpm_level: Decimal,
+    bucket_at: Option<DateTime<Utc>>,
+}
+
+impl RawRow {
+    fn into_row(self) -> Option<LimitRow> {
+        let budget = match (self.budget_amount, self.budget_period, self.budget_mode) {
+            (Some(amount), Some(period), Some(mode)) => Some(BudgetSetting {
+                amount: amount.normalize(),
+                period: Period::parse(&period)?,
+                mode: Mode::parse(&mode)?,
+            }),
+            _ => None,
+        };
+        Some(LimitRow {
+            scope: Scope::parse(&self.scope_kind)?,
+            id: self.scope_id,
+            settings: Settings {
+                budget,
+                requests_per_minute: self.requests_per_minute,
+                tokens_per_minute: self.tokens_per_minute,
+                concurrent_requests: self.concurrent_requests,
+            },
+            rpm_level: self.rpm_level,
+            tpm_level: self.tpm_level,
+            bucket_at: self.bucket_at,
+        })
+    }
+}
+
+const COLUMNS: &str = "scope_kind, scope_id, budget_amount, budget_period, budget_mode,
+    requests_per_minute, tokens_per_minute, concurrent_requests, rpm_level, tpm_level, bucket_at";
+
+/// Every limited scope, for the in-memory "who has limits" set.
+pub async fn scopes(pool: &PgPool) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT scope_kind, scope_id FROM limits")
+        .fetch_all(pool)
+        .await
+}
+
+pub async fn get(pool: &PgPool, scope: Scope, id: &str) -> Result<Option<LimitRow>, sqlx::Error> {
+    let raw: Option<RawRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM limits WHERE scope_kind = $1 AND scope_id = $2"
+    ))
+    .bind(scope.as_str())
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(raw.and_then(RawRow::into_row))
+}
+
+pub async fn list(pool: &PgPool) -> Result<Vec<LimitRow>, sqlx::Error> {
+    let raws: Vec<RawRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM limits ORDER BY scope_kind DESC, scope_id"
+    ))
+    .fetch_all(pool)
+    .await?;
+    Ok(raws.into_iter().filter_map(RawRow::into_row).collect())
+}
+
+/// Replaces the scope's settings. Buckets restart full, so a changed limit
+/// applies from its own allowance.
+pub async fn put(pool: &PgPool, scope: Scope, id: &str, s: &Settings) -> Result<(), sqlx::Error> {
+    let budget = s.budget.as_ref();
+    sqlx::query(
+        "INSERT INTO limits (scope_kind, scope_id, budget_amount, budget_period, budget_mode,
+            requests_per_minute, tokens_per_minute, concurrent_requests, rpm_level, tpm_level, bucket_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 0, NULL, now())
+         ON CONFLICT (scope_kind, scope_id) DO UPDATE SET
+            budget_amount = EXCLUDED.budget_amount, budget_period = EXCLUDED.budget_period,
+            budget_mode = EXCLUDED.budget_mode, requests_per_minute = EXCLUDED.requests_per_minute,
+            tokens_per_minute = EXCLUDED.tokens_per_minute,
+            concurrent_requests = EXCLUDED.concurrent_requests,
+            rpm_level = 0, tpm_level = 0, bucket_at = NULL, updated_at = now()",
+    )
+    .bind(scope.as_str())
+    .bind(id)
+    .bind(budget.map(|b| b.amount))
+    .bind(budget.map(|b| b.period.as_str()))
+    .bind(budget.map(|b| b.mode.as_str()))
+    .bind(s.requests_per_minute)
+    .bind(s.tokens_per_minute)
+    .bind(s.concurrent_requests)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn delete(pool: &PgPool, scope: Scope, id: &str) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM limits WHERE scope_kind = $1 AND scope_id = $2")
+        .bind(scope.as_str())
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// A scope's live figures.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Live {
+    /// The ledger's cost sum since the period start.
+    pub spent: Decimal,
+    /// Estimates of the scope's open reservations.
+    pub reserved: Decimal,
+    /// Open reservations: requests in flight.
+    pub open: i64,
+    pub overrun: Decimal,
+}
+
+/// Where `total` starts: before any row.
+fn since(period: Option<Period>, now: DateTime<Utc>) -> DateTime<Utc> {
+    period
+        .and_then(|p| p.start(now))
+        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+}
+
+pub async fn live(
+    conn: &mut PgConnection,
+    scope: Scope,
+    id: &str,
+    period: Option<Period>,
+    now: DateTime<Utc>,
+) -> Result<Live, sqlx::Error> {
+    let col = scope.column();
+    let (spent, reserved, open, overrun): (Decimal, Decimal, i64, Decimal) = sqlx::query_as(&format!(
+        "SELECT
+            (SELECT coalesce(sum(cost), 0) FROM usage_ledger WHERE {col} = $1 AND started_at >= $2),
+            (SELECT coalesce(sum(estimate), 0) FROM limit_reservations WHERE {col} = $1 AND expires_at > $3),
+            (SELECT count(*) FROM limit_reservations WHERE {col} = $1 AND expires_at > $3),
+            (SELECT coalesce(sum(overrun), 0) FROM limit_overruns WHERE {col} = $1 AND started_at >= $2)"
+    ))
+    .bind(id)
+    .bind(since(period, now))
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Live {
+        spent: spent.normalize(),
+        reserved: reserved.normalize(),
+        open,
+        overrun: overrun.normalize(),
+    })
+}
+
+pub async fn db_now(conn: &mut PgConnection) -> Result<DateTime<Utc>, sqlx::Error> {
+    sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(conn)
+        .await
+}
+
+/// What admission asks for.
+pub struct Ask<'a> {
+    pub request_id: &'a str,
+    pub tenant: &'a str,
+    pub key_id: &'a str,
+    pub estimate: &'a Estimate,
+    pub ttl: std::time::Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Budget {
+        scope: Scope,
+    },
+    Rate {
+        scope: Scope,
+        reason: &'static str,
+        retry_after: u64,
+    },
+}
+
+/// One bucket's state after admission, for the `x-ratelimit-*` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketView {
+    pub limit: i64,
+    pub remaining: i64,
+    pub reset_seconds: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Granted {
+    pub requests: Vec<BucketView>,
+    pub tokens: Vec<BucketView>,
+}
+
+/// The admission transaction (module doc).
+pub async fn admit(pool: &PgPool, ask: &Ask<'_>) -> Result<Result<Granted, Refusal>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let raws: Vec<RawRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM limits
+         WHERE (scope_kind = 'key' AND scope_id = $1) OR (scope_kind = 'tenant' AND scope_id = $2)
+         ORDER BY scope_kind, scope_id FOR UPDATE"
+    ))
+    .bind(ask.key_id)
+    .bind(ask.tenant)
+    .fetch_all(&mut *tx)
+    .await?;
+    let rows: Vec<LimitRow> = raws.into_iter().filter_map(RawRow::into_row).collect();
+    // Read after the locks are held: every later admission sees a later clock.
+    let now = db_now(&mut tx).await?;
+    let mut granted = Granted::default();
+    let mut updates = Vec::new();
+    for row in &rows {
+        match check_scope(&mut tx, row, ask, now).await? {
+            Ok((levels, views)) => {
+                updates.push((row, levels));
+                granted.requests.extend(views.0);
+                granted.tokens.extend(views.1);
+            }
+            Err(refusal) => return Ok(Err(refusal)),
+        }
+    }
+    for (row, (rpm, tpm)) in updates {
+        sqlx::query(
+            "UPDATE limits SET rpm_level = $3, tpm_level = $4, bucket_at = $5
+             WHERE scope_kind = $1 AND scope_id = $2",
+        )
+        .bind(row.scope.as_str())
+        .bind(&row.id)
+        .bind(rpm)
+        .bind(tpm)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let ttl = chrono::Duration::from_std(ask.ttl).unwrap_or(chrono::Duration::hours(1));
+    sqlx::query(
+        "INSERT INTO limit_reservations (request_id, tenant_id, api_key_id, estimate, tokens, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(ask.request_id)
+    .bind(ask.tenant)
+    .bind(ask.key_id)
+    .bind(ask.estimate.cost)
+    .bind(ask.estimate.tokens)
+    .bind(now)
+    .bind(now + ttl)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Ok(granted))
+}
+
+type Levels = (Decimal, Decimal);
+type Views = (Option<BucketView>, Option<BucketView>);
+
+/// One scope's verdict, and its bucket levels after taking this request.
+async fn check_scope(
+    tx: &mut Transaction<'_, Postgres>,
+    row: &LimitRow,
+    ask: &Ask<'_>,
+    now: DateTime<Utc>,
+) -> Result<Result<(Levels, Views), Refusal>, sqlx::Error> {
+    let s = &row.settings;
+    let scope = row.scope;
+    if s.budget.is_some() || s.concurrent_requests.is_some() {
+        let live = live(tx, scope, &row.id, s.budget.as_ref().map(|b| b.period), now).await?;
+        if let Some(b) = &s.budget {
+            if !budget::admits(
+                b.mode,
+                b.amount,
+                live.spent,
+                live.reserved,
+                ask.estimate.cost,
+            ) {
+                return Ok(Err(Refusal::Budget { scope }));
+            }
+        }
+        if let Some(max) = s.concurrent_requests {
+            if live.open >= max {
+                return Ok(Err(Refusal::Rate {
+                    scope,
+                    reason: "concurrent_requests",
+                    retry_after: 1,
+                }));
+            }
+        }
+    }
+    let at = row.bucket_at.unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let take = |limit: Option<i64>, level: Decimal, cost: i64, reason| match limit {
+        None => Ok((level, None)),
+        Some(limit) => {
+            let now_level = Bucket { limit, level }.level_at(at, now);
+            if !rate::admits(limit, now_level, cost) {
+                let retry_after = rate::wait_seconds(limit, now_level, cost);
+                return Err(Refusal::Rate {
+                    scope,
+                    reason,
+                    retry_after,
+                });
+            }
+            let after = now_level - Decimal::from(cost);
+            let view = BucketView {
+                limit,
+                remaining: after
+                    .floor()
+                    .max(Decimal::ZERO)
+                    .mantissa()
+                    .try_into()
+                    .unwrap_or(0),
+                reset_seconds: rate::reset_seconds(limit, after),
+            };
+            Ok((after, Some(view)))
+        }
+    };
+    let (rpm, rpm_view) = match take(
+        s.requests_per_minute,
+        row.rpm_level,
+        1,
+        "requests_per_minute",
+    ) {
+        Ok(v) => v,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    let (tpm, tpm_view) = match take(
+        s.tokens_per_minute,
+        row.tpm_level,
+        ask.estimate.tokens,
+        "tokens_per_minute",
+    ) {
+        Ok(v) => v,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    Ok(Ok(((rpm, tpm), (rpm_view, tpm_view))))
+}
+
+/// What the ledger stored for one request, as settlement needs it.
+pub struct Settled<'a> {
+    pub request_id: &'a str,
+    pub cost: Option<Decimal>,
+    pub total_tokens: i64,
+}
+
+/// Releases the reservations of stored rows (one statement), records their
+/// overruns, and gives `tokens_per_minute` back what the estimate held
+/// beyond the actual (or takes the excess).
+pub async fn settle(pool: &PgPool, rows: &[Settled<'_>]) -> Result<(), sqlx::Error> {
+    let ids: Vec<&str> = rows.iter().map(|r| r.request_id).collect();
+    let costs: Vec<Option<Decimal>> = rows.iter().map(|r| r.cost).collect();
+    let tokens: Vec<i64> = rows.iter().map(|r| r.total_tokens).collect();
+    let mut tx = pool.begin().await?;
+    let refunds: Vec<(String, String, i64)> = sqlx::query_as(
+        "WITH actual AS (
+            SELECT * FROM unnest($1::text[], $2::numeric[], $3::int8[]) AS a(request_id, cost, tokens)),
+         settled AS (
+            DELETE FROM limit_reservations r USING actual a WHERE r.request_id = a.request_id
+            RETURNING r.request_id, r.tenant_id, r.api_key_id, r.estimate, r.tokens AS held,
+                      r.created_at, a.cost, a.tokens),
+         over AS (
+            INSERT INTO limit_overruns (request_id, tenant_id, api_key_id, estimate, actual, overrun, started_at)
+            SELECT request_id, tenant_id, api_key_id, estimate, cost, cost - estimate, created_at
+            FROM settled WHERE cost > estimate
+            ON CONFLICT (request_id) DO NOTHING)
+         SELECT 'key', api_key_id, sum(held - tokens)::int8 FROM settled GROUP BY api_key_id
+         UNION ALL
+         SELECT 'tenant', tenant_id, sum(held - tokens)::int8 FROM settled GROUP BY tenant_id",
+    )
+    .bind(&ids)
+    .bind(&costs)
+    .bind(&tokens)
+    .fetch_all(&mut *tx)
+    .await?;
+    refund_tokens(&mut tx, refunds).await?;
+    tx.commit().await
+}
+
+/// Lock order as in admission (kind, id), so settlement and admission never
+/// deadlock.
+async fn refund_tokens(
+    tx: &mut Transaction<'_, Postgres>,
+    mut refunds: Vec<(String, String, i64)>,
+) -> Result<(), sqlx::Error> {
+    refunds.retain(|r| r.2 != 0);
+    refunds.sort();
+    for (kind, id, refund) in refunds {
+        sqlx::query(
+            "UPDATE limits SET tpm_level = least(tokens_per_minute, tpm_level + $3)
+             WHERE scope_kind = $1 AND scope_id = $2 AND tokens_per_minute IS NOT NULL",
+        )
+        .bind(kind)
+        .bind(id)
+        .bind(refund)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
