@@ -130,9 +130,11 @@ pub struct KeyFilter {
 pub async fn list_keys(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Query(filter): Query<KeyFilter>,
+    filter: Result<Query<KeyFilter>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     require_admin(&state, &headers)?;
+    let Query(filter) = filter
+        .map_err(|_| ApiError::invalid_value("tenant", "'tenant' must be given at most once."))?;
     if let Some(tenant) = filter.tenant.as_deref().filter(|t| !auth::valid_tenant(t)) {
         return Err(ApiError::invalid_value(
             "tenant",
@@ -480,9 +482,11 @@ pub struct QuarantineQuery {
 pub async fn list_quarantine(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Query(query): Query<QuarantineQuery>,
+    query: Result<Query<QuarantineQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     require_admin(&state, &headers)?;
+    let Query(query) =
+        query.map_err(|_| ApiError::invalid_value("limit", "'limit' must be 1-1000."))?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid_value("limit", "'limit' must be 1-1000."));
