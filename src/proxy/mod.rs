@@ -9,9 +9,11 @@
 //! → the meter's one end-of-request record. Every refusal after
 //! authentication is metered too.
 
+pub mod headers;
 pub mod request;
 pub mod route;
 pub mod tap;
+pub mod tools;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -190,6 +192,11 @@ async fn forward_routed(
     ctx.end_user = request.end_user.clone();
     let tenant = ctx.principal.tenant.clone();
     let started_at = ctx.started_at;
+    ctx.dropped_tools = tools::dropped_list(&request.dropped_tools);
+    ctx.client_request_id = headers::client_request_id(headers);
+    if let Err(err) = tools::enforce(state.config.tools.policy(&tenant), &request.dropped_tools) {
+        refuse!(err)
+    }
 
     if let Some(allowed) = state.config.mcp_allowed_hosts.get(tenant.as_ref()) {
         if let Some(server) = request.mcp_servers.iter().find(|s| {
@@ -273,6 +280,7 @@ async fn forward_routed(
     }
 
     let request_id = meter.request_id().to_owned();
+    let extra = headers::forwarded(headers, &request_id);
     let mut attempts = 0;
     let mut last_failure: Option<(Result<Reply, ApiError>, Deployment, usize)> = None;
     let mut served = None;
@@ -291,6 +299,7 @@ async fn forward_routed(
                 kind.suffix(),
                 body,
                 &request_id,
+                &extra,
                 request.timeout(),
                 candidate.max_retries,
             )
@@ -325,14 +334,15 @@ async fn forward_routed(
             return err.into_response();
         }
     };
-    respond(
+    let response = respond(
         state,
         meter,
         reply,
         request.stream,
         request.timeout(),
         deployment.upstream,
-    )
+    );
+    tools::with_dropped_header(response, &request.dropped_tools)
 }
 
 /// The upstream's answer, handed to the client through the metering body.
@@ -479,6 +489,7 @@ async fn owned_call(
     };
     ctx.billable = false;
     ctx.stream = stream;
+    ctx.client_request_id = headers::client_request_id(headers);
     let tenant = ctx.principal.tenant.clone();
     // Another tenant's id answers exactly as an unknown one.
     let not_found = || {
@@ -512,7 +523,12 @@ async fn owned_call(
     }
     let sent = tokio::time::timeout(
         PASSTHROUGH_TIMEOUT,
-        upstream.send(method, &path, Bytes::new(), None),
+        upstream.send_with_headers(
+            method,
+            &path,
+            Bytes::new(),
+            headers::forwarded(headers, &request_id),
+        ),
     )
     .await;
     let reply = match sent {
@@ -620,6 +636,7 @@ async fn send_with_retries(
     suffix: &str,
     body: Bytes,
     request_id: &str,
+    extra: &HeaderMap,
     timeout: Duration,
     max_retries: u32,
 ) -> Sent {
@@ -632,7 +649,7 @@ async fn send_with_retries(
         let attempts = i32::try_from(attempt).unwrap_or(i32::MAX);
         let sent = tokio::time::timeout_at(
             deadline,
-            upstream.send(http::Method::POST, suffix, body.clone(), Some(request_id)),
+            upstream.send_with_headers(http::Method::POST, suffix, body.clone(), extra.clone()),
         )
         .await;
         let response = match sent {

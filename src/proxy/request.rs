@@ -18,14 +18,6 @@ use serde_json::value::RawValue;
 
 use crate::error::ApiError;
 
-/// Built-in tools the platform does not offer (platform.md).
-const UNSUPPORTED_TOOLS: [&str; 4] = [
-    "code_interpreter",
-    "file_search",
-    "web_search",
-    "web_search_preview",
-];
-
 const MAX_TIMEOUT_SECS: f64 = 300.0;
 const DEFAULT_STREAM_TIMEOUT: Duration = Duration::from_secs(90);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -97,6 +89,9 @@ pub struct CreateRequest {
     pub mcp_servers: Vec<McpServer>,
     /// Runs upstream after the create call returns; billed when it finishes.
     pub background: bool,
+    /// Offered tools left out of the forwarded body (`tools` module).
+    pub dropped_tools: Vec<super::tools::Dropped>,
+    tool_overrides: Vec<(String, Box<RawValue>)>,
     /// What goes to the upstream when it knows the model by its public id.
     pub body: Bytes,
     /// The client's body, kept for deployments and fallbacks that need
@@ -117,7 +112,14 @@ impl CreateRequest {
         }
         let members: Members =
             serde_json::from_slice(&self.original).map_err(ApiError::internal)?;
-        assemble(&members.0, upstream_model, overrides).map_err(ApiError::internal)
+        let mut all = overrides.to_vec();
+        all.extend(
+            self.tool_overrides
+                .iter()
+                .filter(|(k, _)| !overrides.iter().any(|(o, _)| o == k))
+                .cloned(),
+        );
+        assemble(&members.0, upstream_model, &all).map_err(ApiError::internal)
     }
 
     /// The request's deadline for the upstream (platform.md defaults).
@@ -211,6 +213,12 @@ pub fn parse_create(body: &Bytes, model_prefix: &str) -> Result<CreateRequest, R
         Some(raw) => check_tools(raw).map_err(|e| reject(e, &partial))?,
         None => Vec::new(),
     };
+    let tool_plan = match get("tools") {
+        Some(raw) => {
+            super::tools::plan(raw, get("tool_choice")).map_err(|e| reject(e, &partial))?
+        }
+        None => super::tools::ToolPlan::default(),
+    };
     let tags = match get("tags") {
         Some(raw) => serde_json::from_str::<Option<Vec<String>>>(raw.get())
             .map_err(|_| {
@@ -263,8 +271,8 @@ pub fn parse_create(body: &Bytes, model_prefix: &str) -> Result<CreateRequest, R
         None => TuringOptions::default(),
     };
 
-    let out =
-        assemble(&members, &public, &[]).map_err(|e| reject(ApiError::internal(e), &partial))?;
+    let out = assemble(&members, &public, &tool_plan.overrides)
+        .map_err(|e| reject(ApiError::internal(e), &partial))?;
     Ok(CreateRequest {
         model: public,
         stream: partial.stream,
@@ -273,6 +281,8 @@ pub fn parse_create(body: &Bytes, model_prefix: &str) -> Result<CreateRequest, R
         previous_response_id,
         mcp_servers,
         background,
+        dropped_tools: tool_plan.dropped,
+        tool_overrides: tool_plan.overrides,
         body: out,
         original: body.clone(),
     })
@@ -342,14 +352,6 @@ fn check_tools(raw: &RawValue) -> Result<Vec<McpServer>, ApiError> {
         let Some(kind) = tool.kind.as_deref() else {
             return Err(ApiError::missing_parameter(&format!("tools[{i}].type")));
         };
-        if let Some(base) = unsupported_tool(kind) {
-            return Err(ApiError::invalid_request(format!(
-                "The built-in tool '{kind}' is not supported on this platform ({base} is unavailable). \
-                 Use a custom 'function' tool or an 'mcp' connector instead."
-            ))
-            .with_code("unsupported_tool")
-            .with_param(format!("tools[{i}].type")));
-        }
         if kind == "mcp" {
             if let Some(url) = tool.server_url.as_deref() {
                 let host = reqwest::Url::parse(url)
@@ -366,17 +368,6 @@ fn check_tools(raw: &RawValue) -> Result<Vec<McpServer>, ApiError> {
         }
     }
     Ok(servers)
-}
-
-/// `web_search`, `web_search_2025_08_26`, `web_search_preview_2025_03_11` …
-fn unsupported_tool(kind: &str) -> Option<&'static str> {
-    UNSUPPORTED_TOOLS.iter().copied().find(|base| {
-        kind == *base
-            || kind
-                .strip_prefix(base)
-                .and_then(|rest| rest.strip_prefix('_'))
-                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
-    })
 }
 
 #[derive(Deserialize)]
@@ -582,7 +573,7 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_builtin_tools_name_their_index() {
+    fn unsupported_builtin_tools_are_dropped_unless_forced() {
         for kind in [
             "code_interpreter",
             "file_search",
@@ -594,7 +585,22 @@ mod tests {
             let body = format!(
                 r#"{{"model":"m","tools":[{{"type":"function","name":"f"}},{{"type":"{kind}"}}]}}"#
             );
-            let err = parse(&body).unwrap_err();
+            // Offered, not needed: dropped from the forwarded body.
+            let req = parse(&body).unwrap();
+            assert_eq!(req.dropped_tools[0].index, 1, "{kind}");
+            assert_eq!(
+                std::str::from_utf8(&req.body).unwrap(),
+                r#"{"model":"m","tools":[{"type":"function","name":"f"}]}"#
+            );
+            assert_eq!(
+                std::str::from_utf8(&req.body_for("other", &[]).unwrap()).unwrap(),
+                r#"{"model":"other","tools":[{"type":"function","name":"f"}]}"#
+            );
+            // Forced: refused, naming its index.
+            let forced = format!(
+                r#"{{"model":"m","tool_choice":{{"type":"{kind}"}},"tools":[{{"type":"function","name":"f"}},{{"type":"{kind}"}}]}}"#
+            );
+            let err = parse(&forced).unwrap_err();
             assert_eq!(err.code.as_deref(), Some("unsupported_tool"), "{kind}");
             assert_eq!(err.param.as_deref(), Some("tools[1].type"), "{kind}");
         }
@@ -730,7 +736,7 @@ mod tests {
     fn refusals_keep_ledger_context() {
         let rejection = parse_create(
             &Bytes::from_static(
-                br#"{"model":"turing/gpt-5","stream":true,"user":"u1","tools":[{"type":"file_search"}]}"#,
+                br#"{"model":"turing/gpt-5","stream":true,"user":"u1","tools":[{"type":"file_search"}],"tool_choice":"required"}"#,
             ),
             "turing/",
         )

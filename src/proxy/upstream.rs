@@ -155,6 +155,21 @@ impl Upstream {
         body: Bytes,
         request_id: Option<&str>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
+        let mut extra = HeaderMap::new();
+        if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+            extra.insert("x-client-request-id", id);
+        }
+        self.send_with_headers(method, suffix, body, extra).await
+    }
+
+    /// [`Self::send`] with the client headers `headers::forwarded` chose.
+    pub async fn send_with_headers(
+        &self,
+        method: Method,
+        suffix: &str,
+        body: Bytes,
+        extra: HeaderMap,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
         let uri = match self.routed_uris.iter().find(|(known, _)| *known == suffix) {
             Some((_, uri)) => uri.clone(),
             None => self.url_text(suffix).parse::<Uri>()?,
@@ -170,8 +185,8 @@ impl Upstream {
                 HeaderValue::from_static("application/json"),
             );
         }
-        if let Some(id) = request_id {
-            request = request.header("x-client-request-id", id);
+        if let Some(headers) = request.headers_mut() {
+            headers.extend(extra);
         }
         let request = request.body(Full::new(body))?;
         let sent_at = std::time::Instant::now();
