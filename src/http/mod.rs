@@ -57,6 +57,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 get(proxy::list_input_items),
             )
             .route(&format!("{prefix}/models"), get(proxy::list_models))
+            .merge(proxy::conversations::routes(prefix))
             .route(&format!("{prefix}/usage"), get(reports::tenant_usage))
             .route(
                 &format!("{prefix}/usage/records"),

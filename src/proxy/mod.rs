@@ -9,6 +9,7 @@
 //! → the meter's one end-of-request record. Every refusal after
 //! authentication is metered too.
 
+pub mod conversations;
 pub mod headers;
 pub mod request;
 pub mod route;

@@ -162,6 +162,25 @@ impl Upstream {
         self.send_with_headers(method, suffix, body, extra).await
     }
 
+    /// `method <base><path>` for resources outside `/responses`
+    /// (`/conversations/...`), otherwise as [`Self::send_with_headers`].
+    pub async fn send_resource(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        extra: HeaderMap,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        let mut url = format!("{}{path}", self.base_url);
+        if let Some(version) = &self.api_version {
+            url.push(if path.contains('?') { '&' } else { '?' });
+            url.push_str("api-version=");
+            url.push_str(version);
+        }
+        self.send_uri(method, url.parse::<Uri>()?, body, extra)
+            .await
+    }
+
     /// [`Self::send`] with the client headers `headers::forwarded` chose.
     pub async fn send_with_headers(
         &self,
@@ -174,6 +193,16 @@ impl Upstream {
             Some((_, uri)) => uri.clone(),
             None => self.url_text(suffix).parse::<Uri>()?,
         };
+        self.send_uri(method, uri, body, extra).await
+    }
+
+    async fn send_uri(
+        &self,
+        method: Method,
+        uri: Uri,
+        body: Bytes,
+        extra: HeaderMap,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
         let (name, value) = &self.credential;
         let mut request = http::Request::builder()
             .method(method)
