@@ -35,7 +35,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     let mut client = Router::new();
     for prefix in ["/v1", "/api/v1"] {
         client = client
-            .route(&format!("{prefix}/responses"), post(proxy::create_response))
+            .route(
+                &format!("{prefix}/responses"),
+                post(proxy::create_response).get(proxy::ws::connect),
+            )
             .route(
                 &format!("{prefix}/responses/compact"),
                 post(proxy::compact_response),

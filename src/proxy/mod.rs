@@ -16,6 +16,7 @@ pub mod route;
 pub mod tap;
 pub mod tools;
 pub mod upstream;
+pub mod ws;
 
 use std::sync::Arc;
 use std::time::Duration;

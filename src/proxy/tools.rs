@@ -262,7 +262,7 @@ fn replace_member(raw: &RawValue, key: &str, value: &RawValue) -> Result<Box<Raw
 }
 
 /// An object's members in order without a map type that would reorder them.
-mod indexmap_free {
+pub(crate) mod indexmap_free {
     use std::borrow::Cow;
 
     use serde::de::{Deserializer, MapAccess, Visitor};
