@@ -249,10 +249,39 @@ pub struct Config {
     /// Per tenant, the MCP `server_url` hosts its requests may name; a
     /// tenant not listed may name any host.
     pub mcp_allowed_hosts: HashMap<String, Vec<String>>,
+    /// `[tools]`: offered tools the platform does not serve.
+    pub tools: ToolsConfig,
     /// How often pending background responses are polled for their usage.
     pub background_poll_secs: u64,
     pub ledger: LedgerConfig,
     pub prices: PricesConfig,
+}
+
+/// What to do with an offered tool the platform does not serve
+/// (`proxy::tools`): leave it out of the forwarded request, or refuse it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnsupportedTools {
+    #[default]
+    Drop,
+    Refuse,
+}
+
+/// `[tools]`: `unsupported` for every tenant, `tenants` overriding it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolsConfig {
+    pub unsupported: UnsupportedTools,
+    pub tenants: HashMap<String, UnsupportedTools>,
+}
+
+impl ToolsConfig {
+    pub fn policy(&self, tenant: &str) -> UnsupportedTools {
+        self.tenants
+            .get(tenant)
+            .copied()
+            .unwrap_or(self.unsupported)
+    }
 }
 
 impl Default for Config {
@@ -270,6 +299,7 @@ impl Default for Config {
             upstreams: Vec::new(),
             routes: Vec::new(),
             mcp_allowed_hosts: HashMap::new(),
+            tools: ToolsConfig::default(),
             background_poll_secs: 15,
             ledger: LedgerConfig::default(),
             prices: PricesConfig::default(),

@@ -37,6 +37,10 @@ pub struct RequestContext {
     /// False for calls that report usage they did not cause (retrieving a
     /// response shows its original usage): recorded, never billed.
     pub billable: bool,
+    /// Offered tools left out of the forwarded request (`proxy::tools`).
+    pub dropped_tools: Option<String>,
+    /// The client's valid `x-client-request-id` (`proxy::headers`).
+    pub client_request_id: Option<String>,
 }
 
 impl RequestContext {
@@ -54,6 +58,8 @@ impl RequestContext {
             attempts: 0,
             fallback_from: None,
             billable: true,
+            dropped_tools: None,
+            client_request_id: None,
         }
     }
 }
@@ -342,6 +348,8 @@ pub fn build_row(ctx: RequestContext, outcome: Outcome, finished_at: DateTime<Ut
         attempts: ctx.attempts,
         fallback_from: ctx.fallback_from,
         end_user: ctx.end_user,
+        dropped_tools: ctx.dropped_tools,
+        client_request_id: ctx.client_request_id,
         client_disconnected: outcome.client_disconnected,
         mcp_calls: i32::try_from(summary.mcp_calls).unwrap_or(i32::MAX),
         started_at: ctx.started_at,

@@ -246,7 +246,7 @@ async fn refusals_answer_openai_errors_and_are_recorded(pool: PgPool) {
         ("{not json".into(), 400, "invalid_json", None),
         (r#"{"input":"x"}"#.into(), 400, "missing_required_parameter", Some("model")),
         (
-            r#"{"model":"gpt-5.5","tools":[{"type":"function","name":"f"},{"type":"web_search_preview"}]}"#.into(),
+            r#"{"model":"gpt-5.5","tool_choice":{"type":"web_search_preview"},"tools":[{"type":"function","name":"f"},{"type":"web_search_preview"}]}"#.into(),
             400,
             "unsupported_tool",
             Some("tools[1].type"),

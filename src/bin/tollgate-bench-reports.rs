@@ -847,6 +847,8 @@ fn writer_rows(n: usize, triggers: bool) -> Vec<LedgerRow> {
                 attempts: 1,
                 fallback_from: None,
                 end_user: Some(format!("user_{}", rng.random_range(0..20_000))),
+                dropped_tools: None,
+                client_request_id: None,
                 client_disconnected: false,
                 mcp_calls: 0,
                 started_at: at,

@@ -37,7 +37,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     let mut client = Router::new();
     for prefix in ["/v1", "/api/v1"] {
         client = client
-            .route(&format!("{prefix}/responses"), post(proxy::create_response))
+            .route(
+                &format!("{prefix}/responses"),
+                post(proxy::create_response).get(proxy::ws::connect),
+            )
             .route(
                 &format!("{prefix}/responses/compact"),
                 post(proxy::compact_response),
@@ -60,6 +63,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             )
             .route(&format!("{prefix}/models"), get(proxy::list_models))
             .route(&format!("{prefix}/key"), get(limits::api::key_status))
+            .merge(proxy::conversations::routes(prefix))
             .route(&format!("{prefix}/usage"), get(reports::tenant_usage))
             .route(
                 &format!("{prefix}/usage/records"),

@@ -129,6 +129,16 @@ pub struct LedgerRow {
     pub attempts: i32,
     pub fallback_from: Option<String>,
     pub end_user: Option<String>,
+    /// Offered tools left out of the forwarded request, comma-separated.
+    /// Stored, not yet in [`COLUMNS`], the JSON record or the CSV (their
+    /// layout is CONTRACT §5's).
+    #[serde(default, skip_serializing)]
+    #[sqlx(default)]
+    pub dropped_tools: Option<String>,
+    /// The client's `x-client-request-id`.
+    #[serde(default, skip_serializing)]
+    #[sqlx(default)]
+    pub client_request_id: Option<String>,
     pub client_disconnected: bool,
     pub mcp_calls: i32,
     pub started_at: DateTime<Utc>,
@@ -187,6 +197,8 @@ pub(crate) fn sample_row(request_id: &str) -> LedgerRow {
         attempts: 1,
         fallback_from: None,
         end_user: None,
+        dropped_tools: None,
+        client_request_id: None,
         client_disconnected: false,
         mcp_calls: 0,
         started_at: chrono::Utc::now(),

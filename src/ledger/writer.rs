@@ -407,13 +407,14 @@ pub(crate) async fn insert_rows(pool: &PgPool, rows: &[LedgerRow]) -> Result<(),
             upstream, upstream_model, stream, status, usage_source, input_tokens, cached_tokens,
             output_tokens, reasoning_tokens, total_tokens, service_tier, price_id, cost,
             unpriced_reason, currency, http_status, error_code, attempts, fallback_from, end_user,
-            client_disconnected, mcp_calls, started_at, first_byte_at, finished_at, anomaly)
+            client_disconnected, mcp_calls, started_at, first_byte_at, finished_at, anomaly,
+            dropped_tools, client_request_id)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
             $6::text[], $7::text[], $8::text[], $9::bool[], $10::text[], $11::text[], $12::int8[],
             $13::int8[], $14::int8[], $15::int8[], $16::int8[], $17::text[], $18::int8[],
             $19::numeric[], $20::text[], $21::text[], $22::int4[], $23::text[], $24::int4[],
             $25::text[], $26::text[], $27::bool[], $28::int4[], $29::timestamptz[],
-            $30::timestamptz[], $31::timestamptz[], $32::text[])
+            $30::timestamptz[], $31::timestamptz[], $32::text[], $33::text[], $34::text[])
          ON CONFLICT (request_id) DO NOTHING",
     )
     .bind(text!(request_id))
@@ -448,6 +449,8 @@ pub(crate) async fn insert_rows(pool: &PgPool, rows: &[LedgerRow]) -> Result<(),
     .bind(column!(first_byte_at))
     .bind(column!(finished_at))
     .bind(optional_text!(anomaly))
+    .bind(optional_text!(dropped_tools))
+    .bind(optional_text!(client_request_id))
     .execute(pool)
     .await?;
     // Only now is the rows' spend visible to admission: release what the

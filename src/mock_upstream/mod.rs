@@ -97,6 +97,7 @@
 //! `mock_fail_*` and `mock_ttfb_ms` when the body carries `metadata`;
 //! compaction usage defaults to the input formula with `output_tokens = 32`.
 
+mod conversations;
 mod render;
 mod script;
 mod store;
@@ -160,6 +161,7 @@ struct Shared {
     count: AtomicUsize,
     requests: Mutex<Vec<RecordedRequest>>,
     store: Store,
+    conversations: conversations::Conversations,
     fail_counters: Mutex<HashMap<String, u32>>,
     /// Per-process random seed and counter behind request ids and the random
     /// part of response ids (a counter through a bijective mixer is unique and
@@ -224,6 +226,7 @@ impl MockUpstream {
                 count: AtomicUsize::new(0),
                 requests: Mutex::new(Vec::new()),
                 store: Store::new(),
+                conversations: conversations::Conversations::default(),
                 fail_counters: Mutex::new(HashMap::new()),
                 seed,
                 counter: AtomicU64::new(0),
@@ -248,6 +251,7 @@ impl MockUpstream {
                     &format!("{p}/responses/{{id}}/input_items"),
                     get(input_items),
                 );
+            r = conversations::routes(r, p);
         }
         r.route("/__mock/requests", get(mock_requests))
             .route(

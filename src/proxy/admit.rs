@@ -76,10 +76,8 @@ pub async fn admit(
     Ok(Admitted { pinned })
 }
 
-/// The tenant that created conversation `id` through Tollgate. No endpoint
-/// creates conversations through Tollgate yet, so none has an owner and every
-/// id is unknown; when the conversations endpoints are proxied, this is the
-/// one function to change (a lookup like [`owner_of`]).
-async fn conversation_owner(_state: &AppState, _id: &str) -> Result<Option<Owner>, ApiError> {
-    Ok(None)
+/// The tenant that created conversation `id` through Tollgate (the
+/// conversations endpoints record it; `proxy::conversations`).
+async fn conversation_owner(state: &AppState, id: &str) -> Result<Option<Owner>, ApiError> {
+    Ok(super::conversations::conversation_owner(&state.pool, id).await?)
 }

@@ -12,12 +12,16 @@
 //! end-of-request record. Every refusal after authentication is metered too.
 
 pub mod admit;
+pub mod conversations;
+pub mod headers;
 pub mod request;
 pub mod route;
 pub mod settle;
 pub mod tap;
+pub mod tools;
 pub mod upstream;
 pub mod validate;
+pub mod ws;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -194,7 +198,9 @@ async fn forward_routed(
             return err.into_response();
         }
     };
-    let served = match send_chain(state, &request, &chain, kind, meter.request_id()).await {
+    let request_id = meter.request_id().to_owned();
+    let forwarded = headers::forwarded(headers, &request_id);
+    let served = match send_chain(state, &request, &chain, kind, &request_id, &forwarded).await {
         Ok(Some(served)) => served,
         Ok(None) => {
             let err = ApiError::model_not_found(&request.model);
@@ -262,6 +268,9 @@ async fn prepare(
     ctx.end_user = request.facts.end_user.clone();
     let tenant = ctx.principal.tenant.clone();
     let started_at = ctx.started_at;
+    ctx.dropped_tools = tools::dropped_list(&request.dropped_tools);
+    ctx.client_request_id = headers::client_request_id(headers);
+    tools::enforce(state.config.tools.policy(&tenant), &request.dropped_tools)?;
     let chain = build_candidates(state, &request, kind, started_at)?;
     let chain = admit_candidates(state, &request, &tenant, chain).await?;
     Ok((request, chain))
@@ -373,6 +382,7 @@ async fn send_chain(
     chain: &[Candidate],
     kind: Routed,
     request_id: &str,
+    forwarded: &HeaderMap,
 ) -> Result<Option<Served>, ApiError> {
     let mut attempts = 0;
     let mut last_failure = None;
@@ -388,6 +398,7 @@ async fn send_chain(
                 kind.suffix(),
                 body,
                 request_id,
+                forwarded,
                 request.timeout(),
                 candidate.max_retries,
             )
@@ -446,14 +457,15 @@ fn answer(
             return err.into_response();
         }
     };
-    respond(
+    let response = respond(
         state,
         meter,
         reply,
         request.stream,
         request.timeout(),
         deployment.upstream,
-    )
+    );
+    tools::with_dropped_header(response, &request.dropped_tools)
 }
 
 /// The upstream's answer, handed to the client through the metering body.
@@ -604,6 +616,7 @@ async fn owned_call(
     };
     ctx.billable = false;
     ctx.stream = stream;
+    ctx.client_request_id = headers::client_request_id(headers);
     let tenant = ctx.principal.tenant.clone();
     // Another tenant's id answers exactly as an unknown one.
     let not_found = || {
@@ -648,7 +661,12 @@ async fn owned_call(
     }
     let sent = tokio::time::timeout(
         PASSTHROUGH_TIMEOUT,
-        upstream.send(method, &path, Bytes::new(), None),
+        upstream.send_with_headers(
+            method,
+            &path,
+            Bytes::new(),
+            headers::forwarded(headers, &request_id),
+        ),
     )
     .await;
     let reply = match sent {
@@ -794,6 +812,7 @@ async fn send_with_retries(
     suffix: &str,
     body: Bytes,
     request_id: &str,
+    extra: &HeaderMap,
     timeout: Duration,
     max_retries: u32,
 ) -> Sent {
@@ -806,7 +825,7 @@ async fn send_with_retries(
         let attempts = i32::try_from(attempt).unwrap_or(i32::MAX);
         let sent = tokio::time::timeout_at(
             deadline,
-            upstream.send(http::Method::POST, suffix, body.clone(), Some(request_id)),
+            upstream.send_with_headers(http::Method::POST, suffix, body.clone(), extra.clone()),
         )
         .await;
         let response = match sent {

@@ -84,6 +84,9 @@ pub struct CreateRequest {
     pub tags: Vec<String>,
     /// Runs upstream after the create call returns; billed when it finishes.
     pub background: bool,
+    /// Offered tools left out of the forwarded body (`tools` module).
+    pub dropped_tools: Vec<super::tools::Dropped>,
+    tool_overrides: Vec<(String, Box<RawValue>)>,
     /// What goes to the upstream when it knows the model by its public id.
     pub body: Bytes,
     /// The client's body, kept for deployments and fallbacks that need
@@ -104,7 +107,14 @@ impl CreateRequest {
         }
         let members: Members =
             serde_json::from_slice(&self.original).map_err(ApiError::internal)?;
-        assemble(&members.0, upstream_model, overrides).map_err(ApiError::internal)
+        let mut all = overrides.to_vec();
+        all.extend(
+            self.tool_overrides
+                .iter()
+                .filter(|(k, _)| !overrides.iter().any(|(o, _)| o == k))
+                .cloned(),
+        );
+        assemble(&members.0, upstream_model, &all).map_err(ApiError::internal)
     }
 
     /// The checks of [`check_body`] on the body a fallback with `overrides`
@@ -218,7 +228,24 @@ pub fn parse_create(body: &Bytes, model_prefix: &str) -> Result<CreateRequest, R
             .unwrap_or_default(),
         None => Vec::new(),
     };
-    let facts = check_body(&get, &tags).map_err(|e| reject(e, &partial))?;
+    // Offered but unsupported tools are dropped (or the request refused when
+    // it cannot work without them); the checks then see the body as it
+    // will be forwarded.
+    let tool_plan = match get("tools") {
+        Some(raw) => {
+            super::tools::plan(raw, get("tool_choice")).map_err(|e| reject(e, &partial))?
+        }
+        None => super::tools::ToolPlan::default(),
+    };
+    let planned = |name: &str| {
+        tool_plan
+            .overrides
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| &**v)
+            .or_else(|| get(name))
+    };
+    let facts = check_body(&planned, &tags).map_err(|e| reject(e, &partial))?;
     let background = get("background")
         .map(|raw| serde_json::from_str::<Option<bool>>(raw.get()))
         .transpose()
@@ -235,8 +262,8 @@ pub fn parse_create(body: &Bytes, model_prefix: &str) -> Result<CreateRequest, R
         None => TuringOptions::default(),
     };
 
-    let out =
-        assemble(&members, &public, &[]).map_err(|e| reject(ApiError::internal(e), &partial))?;
+    let out = assemble(&members, &public, &tool_plan.overrides)
+        .map_err(|e| reject(ApiError::internal(e), &partial))?;
     Ok(CreateRequest {
         model: public,
         stream: partial.stream,
@@ -244,6 +271,8 @@ pub fn parse_create(body: &Bytes, model_prefix: &str) -> Result<CreateRequest, R
         facts,
         tags,
         background,
+        dropped_tools: tool_plan.dropped,
+        tool_overrides: tool_plan.overrides,
         body: out,
         original: body.clone(),
     })
@@ -484,7 +513,7 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_builtin_tools_name_their_index() {
+    fn unsupported_builtin_tools_are_dropped_unless_forced() {
         for kind in [
             "code_interpreter",
             "file_search",
@@ -496,7 +525,22 @@ mod tests {
             let body = format!(
                 r#"{{"model":"m","tools":[{{"type":"function","name":"f"}},{{"type":"{kind}"}}]}}"#
             );
-            let err = parse(&body).unwrap_err();
+            // Offered, not needed: dropped from the forwarded body.
+            let req = parse(&body).unwrap();
+            assert_eq!(req.dropped_tools[0].index, 1, "{kind}");
+            assert_eq!(
+                std::str::from_utf8(&req.body).unwrap(),
+                r#"{"model":"m","tools":[{"type":"function","name":"f"}]}"#
+            );
+            assert_eq!(
+                std::str::from_utf8(&req.body_for("other", &[]).unwrap()).unwrap(),
+                r#"{"model":"other","tools":[{"type":"function","name":"f"}]}"#
+            );
+            // Forced: refused, naming its index.
+            let forced = format!(
+                r#"{{"model":"m","tool_choice":{{"type":"{kind}"}},"tools":[{{"type":"function","name":"f"}},{{"type":"{kind}"}}]}}"#
+            );
+            let err = parse(&forced).unwrap_err();
             assert_eq!(err.code.as_deref(), Some("unsupported_tool"), "{kind}");
             assert_eq!(err.param.as_deref(), Some("tools[1].type"), "{kind}");
         }
@@ -632,7 +676,7 @@ mod tests {
     fn refusals_keep_ledger_context() {
         let rejection = parse_create(
             &Bytes::from_static(
-                br#"{"model":"turing/gpt-5","stream":true,"user":"u1","tools":[{"type":"file_search"}]}"#,
+                br#"{"model":"turing/gpt-5","stream":true,"user":"u1","tools":[{"type":"file_search"}],"tool_choice":"required"}"#,
             ),
             "turing/",
         )

@@ -155,10 +155,54 @@ impl Upstream {
         body: Bytes,
         request_id: Option<&str>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
+        let mut extra = HeaderMap::new();
+        if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+            extra.insert("x-client-request-id", id);
+        }
+        self.send_with_headers(method, suffix, body, extra).await
+    }
+
+    /// `method <base><path>` for resources outside `/responses`
+    /// (`/conversations/...`), otherwise as [`Self::send_with_headers`].
+    pub async fn send_resource(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        extra: HeaderMap,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        let mut url = format!("{}{path}", self.base_url);
+        if let Some(version) = &self.api_version {
+            url.push(if path.contains('?') { '&' } else { '?' });
+            url.push_str("api-version=");
+            url.push_str(version);
+        }
+        self.send_uri(method, url.parse::<Uri>()?, body, extra)
+            .await
+    }
+
+    /// [`Self::send`] with the client headers `headers::forwarded` chose.
+    pub async fn send_with_headers(
+        &self,
+        method: Method,
+        suffix: &str,
+        body: Bytes,
+        extra: HeaderMap,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
         let uri = match self.routed_uris.iter().find(|(known, _)| *known == suffix) {
             Some((_, uri)) => uri.clone(),
             None => self.url_text(suffix).parse::<Uri>()?,
         };
+        self.send_uri(method, uri, body, extra).await
+    }
+
+    async fn send_uri(
+        &self,
+        method: Method,
+        uri: Uri,
+        body: Bytes,
+        extra: HeaderMap,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
         let (name, value) = &self.credential;
         let mut request = http::Request::builder()
             .method(method)
@@ -170,8 +214,8 @@ impl Upstream {
                 HeaderValue::from_static("application/json"),
             );
         }
-        if let Some(id) = request_id {
-            request = request.header("x-client-request-id", id);
+        if let Some(headers) = request.headers_mut() {
+            headers.extend(extra);
         }
         let request = request.body(Full::new(body))?;
         let sent_at = std::time::Instant::now();

@@ -156,6 +156,8 @@ mod tests {
             price_id: Some(3),
             cost: Some(Decimal::new(12_300, 6)),
             end_user: Some("a,\"b\"\r\nc".into()),
+            dropped_tools: None,
+            client_request_id: None,
             started_at: DateTime::from_timestamp_micros(1_764_547_200_123_456).unwrap(),
             finished_at: DateTime::from_timestamp(1_764_547_201, 0).unwrap(),
             ..crate::ledger::sample_row("req_1")

@@ -146,6 +146,8 @@ pub fn random_rows(
                 attempts: 1,
                 fallback_from: None,
                 end_user,
+                dropped_tools: None,
+                client_request_id: None,
                 client_disconnected: rng.random_bool(0.1),
                 mcp_calls: rng.random_range(0..3),
                 started_at,

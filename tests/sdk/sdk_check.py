@@ -71,7 +71,10 @@ out["extra_body"] = {"id": r.id}
 
 # 6. errors arrive as the SDK's typed exceptions with code and param
 try:
-    client.responses.create(model="turing/gpt-5.5", input="x", tools=[{"type": "web_search"}])
+    # An offered web_search is dropped; one the request cannot do without is not.
+    client.responses.create(
+        model="turing/gpt-5.5", input="x", tools=[{"type": "web_search"}], tool_choice="required"
+    )
     raise AssertionError("unsupported tool accepted")
 except openai.BadRequestError as e:
     out["unsupported_tool"] = {"status": e.status_code, "code": e.code, "param": e.param}

@@ -1045,6 +1045,8 @@ fn synthetic_row(i: usize) -> tollgate::ledger::LedgerRow {
         attempts: 1,
         fallback_from: None,
         end_user: None,
+        dropped_tools: None,
+        client_request_id: None,
         client_disconnected: false,
         mcp_calls: 0,
         started_at: now,

@@ -1,0 +1,242 @@
+//! WebSocket mode (CONTRACT §9): `GET /v1/responses` with an upgrade.
+//!
+//! The handshake's `Authorization` is checked before upgrading (401
+//! otherwise). Each client text message `{"type": "response.create", ...}`
+//! becomes one `POST /v1/responses` with `stream: true` through the same
+//! path as any POST (validation, tools, limits, routing, metering: one row
+//! per message); each SSE event's `data` JSON is sent back as one text
+//! message, unchanged. A refused message comes back as an `error` message
+//! (and is metered as rejected by that path). Responses run one after another
+//! on a connection; a socket closed mid-response drops the streaming body,
+//! which the metered body records like a client that left a stream.
+//!
+//! Never: parses or re-encodes the events it relays.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+
+use super::tools::indexmap_free::Members;
+use super::{authorization, routed, Routed};
+use crate::state::AppState;
+
+/// `GET /v1/responses` upgraded to a WebSocket.
+pub async fn connect(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if let Err(err) = state.auth.authenticate(authorization(&headers)).await {
+        return err.into_response();
+    }
+    upgrade.on_upgrade(move |socket| serve(state, headers, socket))
+}
+
+async fn serve(state: Arc<AppState>, headers: HeaderMap, mut socket: WebSocket) {
+    let mut pending: Option<Message> = None;
+    loop {
+        let message = match pending.take() {
+            Some(message) => message,
+            None => match socket.recv().await {
+                Some(Ok(message)) => message,
+                _ => return,
+            },
+        };
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Close(_) => return,
+            _ => continue,
+        };
+        let body = match create_body(text.as_str()) {
+            Ok(body) => body,
+            Err(message) => {
+                if send_error(&mut socket, 400, "invalid_request_error", &message).await {
+                    continue;
+                }
+                return;
+            }
+        };
+        let response = routed(&state, &headers, Body::from(body), Routed::Create).await;
+        match relay(&mut socket, response).await {
+            Relayed::Done => {}
+            Relayed::Next(message) => pending = Some(message),
+            Relayed::Gone => return,
+        }
+    }
+}
+
+/// The message as a create body: `type` dropped, `stream: true` forced,
+/// every other member the client's bytes (duplicates kept, so the create
+/// path refuses them as it would a POST).
+fn create_body(text: &str) -> Result<Bytes, String> {
+    let members: Members = serde_json::from_str(text)
+        .map_err(|_| "A message must be a JSON object with a 'type'.".to_owned())?;
+    let kind = members
+        .0
+        .iter()
+        .find(|(k, _)| k == "type")
+        .and_then(|(_, v)| serde_json::from_str::<String>(v.get()).ok());
+    if kind.as_deref() != Some("response.create") {
+        return Err(format!(
+            "Unsupported message type {}; expected 'response.create'.",
+            kind.map_or_else(|| "(none)".to_owned(), |k| format!("'{k}'"))
+        ));
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    out.push('{');
+    for (key, value) in members
+        .0
+        .iter()
+        .filter(|(k, _)| k != "type" && k != "stream")
+    {
+        out.push_str(&serde_json::to_string(key.as_ref()).map_err(|e| e.to_string())?);
+        out.push(':');
+        out.push_str(value.get());
+        out.push(',');
+    }
+    out.push_str("\"stream\":true}");
+    Ok(Bytes::from(out))
+}
+
+/// Sends an `error` message; false when the socket is gone.
+async fn send_error(socket: &mut WebSocket, status: u16, kind: &str, message: &str) -> bool {
+    let event = serde_json::json!({
+        "type": "error",
+        "status": status,
+        "error": {"type": kind, "message": message, "code": null, "param": null},
+    });
+    socket
+        .send(Message::Text(event.to_string().into()))
+        .await
+        .is_ok()
+}
+
+enum Relayed {
+    Done,
+    /// The client sent its next message before this response ended.
+    Next(Message),
+    Gone,
+}
+
+async fn relay(socket: &mut WebSocket, response: Response) -> Relayed {
+    let status = response.status();
+    let is_sse = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    let mut body = response.into_body();
+    if !is_sse {
+        // A refusal or upstream error: its OpenAI envelope as an error event.
+        let bytes = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let error = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("error").cloned())
+            .unwrap_or(serde_json::Value::Null);
+        let event = serde_json::json!({"type": "error", "status": status.as_u16(), "error": error});
+        return match socket.send(Message::Text(event.to_string().into())).await {
+            Ok(()) => Relayed::Done,
+            Err(_) => Relayed::Gone,
+        };
+    }
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut next: Option<Message> = None;
+    loop {
+        tokio::select! {
+            frame = body.frame() => match frame {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        buffer.extend_from_slice(&data);
+                        for event in take_events(&mut buffer) {
+                            if socket.send(Message::Text(event.into())).await.is_err() {
+                                return Relayed::Gone;
+                            }
+                        }
+                    }
+                }
+                // The stream ended (or broke: the metered body recorded it).
+                _ => break,
+            },
+            incoming = socket.recv(), if next.is_none() => match incoming {
+                Some(Ok(Message::Text(text))) => next = Some(Message::Text(text)),
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                    // Dropping `body` here is the client leaving the stream.
+                    return Relayed::Gone;
+                }
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    match next {
+        Some(message) => Relayed::Next(message),
+        None => Relayed::Done,
+    }
+}
+
+/// Complete SSE events in `buffer` (removed from it), as their `data`.
+fn take_events(buffer: &mut Vec<u8>) -> Vec<String> {
+    let mut events = Vec::new();
+    while let Some(end) = find_blank_line(buffer) {
+        let block: Vec<u8> = buffer.drain(..end.1).collect();
+        let text = String::from_utf8_lossy(&block[..end.0]);
+        let data: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("data:"))
+            .map(|d| d.strip_prefix(' ').unwrap_or(d))
+            .collect();
+        if !data.is_empty() {
+            events.push(data.join("\n"));
+        }
+    }
+    events
+}
+
+/// (end of the event, end of its separator) for the first blank line.
+fn find_blank_line(buffer: &[u8]) -> Option<(usize, usize)> {
+    let lf = buffer
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map(|i| (i, i + 2));
+    let crlf = buffer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, i + 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn a_create_message_becomes_a_streaming_body() {
+        let body = create_body(r#"{"type":"response.create","model":"m","stream":false,"x":1.50}"#)
+            .unwrap();
+        assert_eq!(&body[..], br#"{"model":"m","x":1.50,"stream":true}"#);
+        assert!(create_body(r#"{"type":"session.update"}"#).is_err());
+        assert!(create_body("[1]").is_err());
+    }
+
+    #[test]
+    fn events_are_cut_at_blank_lines() {
+        let mut buffer = b"event: a\ndata: {\"x\":1}\n\nevent: b\ndata: {\"y\"".to_vec();
+        assert_eq!(take_events(&mut buffer), [r#"{"x":1}"#]);
+        buffer.extend_from_slice(b":2}\n\n");
+        assert_eq!(take_events(&mut buffer), [r#"{"y":2}"#]);
+        assert!(buffer.is_empty());
+    }
+}
