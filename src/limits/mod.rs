@@ -96,8 +96,11 @@ impl Limits {
         if let Some(snap) = self.fresh() {
             return Ok(snap);
         }
-        let scopes = store::scopes(pool)
-            .await?
+        let rows = match store::scopes(pool).await {
+            Ok(rows) => rows,
+            Err(err) => return self.keep_last_known(err),
+        };
+        let scopes = rows
             .into_iter()
             .filter_map(|(kind, id)| {
                 let scope = match kind.as_str() {
@@ -114,6 +117,25 @@ impl Limits {
         });
         self.snapshot.store(snap.clone());
         Ok(snap)
+    }
+
+    /// The database is away: the last known set of limited scopes stays in
+    /// force (retried once per `CACHE_FOR`, not on every request), so keys
+    /// without limits keep being served from the spool-backed ledger while
+    /// limited ones fail closed (their admission needs the database). With
+    /// no set ever loaded, nothing is known: refuse.
+    fn keep_last_known(&self, err: sqlx::Error) -> Result<Arc<Snapshot>, sqlx::Error> {
+        let last = self.snapshot.load_full();
+        if last.loaded.is_none() {
+            return Err(err);
+        }
+        tracing::warn!(error = %err, "limits unreadable; keeping the last known limited scopes");
+        let kept = Arc::new(Snapshot {
+            loaded: Some(Instant::now()),
+            scopes: last.scopes.clone(),
+        });
+        self.snapshot.store(kept.clone());
+        Ok(kept)
     }
 
     fn turn(&self, tenant: &str) -> &tokio::sync::Mutex<()> {
