@@ -345,8 +345,11 @@ impl http_body::Body for TimedBody {
 const REFUSAL_TIME: Duration = Duration::from_secs(1);
 
 /// Answers a connection over the cap: one 503 envelope with `retry-after`,
-/// then close. What the client sent is read and discarded for a moment so
-/// that closing does not reset the connection before it reads the answer.
+/// then close. The request head is read first (an HTTP client treats an
+/// answer before its request as a broken connection), and what follows is
+/// read and discarded for a moment so that closing does not reset the
+/// connection before the client reads the answer. A peer that sends nothing
+/// is closed without an answer once [`REFUSAL_TIME`] is up.
 pub async fn refuse(mut tcp: TcpStream) {
     let body = ApiError::service_unavailable(
         "The gateway is at its connection limit; retry shortly.",
@@ -358,13 +361,20 @@ pub async fn refuse(mut tcp: TcpStream) {
         body.len()
     );
     let exchange = async {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while memchr::memmem::find(&seen, b"\r\n\r\n").is_none() && seen.len() < 16 * 1024 {
+            match tcp.read(&mut buf).await? {
+                0 => break,
+                n => seen.extend_from_slice(&buf[..n]),
+            }
+        }
         tcp.write_all(head.as_bytes()).await?;
         tcp.write_all(&body).await?;
         tcp.shutdown().await?;
-        let mut sink = [0u8; 4096];
         let mut read = 0usize;
         while read < 64 * 1024 {
-            match tcp.read(&mut sink).await? {
+            match tcp.read(&mut buf).await? {
                 0 => break,
                 n => read += n,
             }
