@@ -86,9 +86,8 @@ fn checked_model(
     if ok {
         return Ok(model.to_owned());
     }
-    let message = format!(
-        "The model id must be 1-{MODEL_MAX_CHARS} characters with no control characters."
-    );
+    let message =
+        format!("The model id must be 1-{MODEL_MAX_CHARS} characters with no control characters.");
     Err(if unprocessable {
         ApiError::unprocessable(param, message)
     } else {

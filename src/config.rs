@@ -528,14 +528,29 @@ impl Config {
         let s = &self.server;
         let d = &self.database;
         let at_least_one: [(&str, u64); 10] = [
-            ("server.header_read_timeout_secs", s.header_read_timeout_secs),
+            (
+                "server.header_read_timeout_secs",
+                s.header_read_timeout_secs,
+            ),
             ("server.body_read_timeout_secs", s.body_read_timeout_secs),
             ("server.idle_timeout_secs", s.idle_timeout_secs),
             ("server.max_connections", s.max_connections as u64),
-            ("database.ledger_max_connections", d.ledger_max_connections.into()),
-            ("database.reports_max_connections", d.reports_max_connections.into()),
-            ("database.report_statement_timeout_secs", d.report_statement_timeout_secs),
-            ("database.exports_max_connections", d.exports_max_connections.into()),
+            (
+                "database.ledger_max_connections",
+                d.ledger_max_connections.into(),
+            ),
+            (
+                "database.reports_max_connections",
+                d.reports_max_connections.into(),
+            ),
+            (
+                "database.report_statement_timeout_secs",
+                d.report_statement_timeout_secs,
+            ),
+            (
+                "database.exports_max_connections",
+                d.exports_max_connections.into(),
+            ),
             ("database.exports_per_tenant", d.exports_per_tenant.into()),
             ("database.export_stall_secs", d.export_stall_secs),
         ];

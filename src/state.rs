@@ -74,8 +74,10 @@ pub fn side_pools(main: &PgPool, db: &DatabaseConfig) -> SidePools {
             .connect_lazy_with(options)
     };
     let timeout = |secs: u64| {
-        base.clone()
-            .options([("statement_timeout", format!("{}", secs.saturating_mul(1_000)))])
+        base.clone().options([(
+            "statement_timeout",
+            format!("{}", secs.saturating_mul(1_000)),
+        )])
     };
     SidePools {
         ledger: pool(db.ledger_max_connections, base.clone()),

@@ -39,7 +39,10 @@ async fn read_until_closed(tcp: &mut TcpStream, within: Duration) -> String {
         }
     })
     .await;
-    assert!(read.is_ok(), "the server kept the connection open past {within:?}");
+    assert!(
+        read.is_ok(),
+        "the server kept the connection open past {within:?}"
+    );
     String::from_utf8_lossy(&out).into_owned()
 }
 
@@ -145,8 +148,14 @@ async fn a_flood_past_the_cap_is_refused_politely_and_service_recovers(pool: PgP
         .unwrap();
     let answer = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-    assert!(answer.to_ascii_lowercase().contains("retry-after: 1"), "{answer}");
-    assert!(answer.contains("\"code\":\"service_unavailable\""), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("\"code\":\"service_unavailable\""),
+        "{answer}"
+    );
     let status = healthz(&gw).await;
     assert!(matches!(status, Some(503)), "{status:?}");
     // The flood ends: service comes back.

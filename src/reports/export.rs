@@ -127,9 +127,10 @@ fn with_retry_after(error: ApiError) -> Response {
     let retry = error.retryable();
     let mut response = error.into_response();
     if retry {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(RETRY_AFTER_SECS),
+        );
     }
     response
 }

@@ -83,7 +83,11 @@ pub async fn admin_usage(
     Ok(Json(page).into_response())
 }
 
-async fn records(state: &AppState, query: RecordsQuery, holder: &str) -> Result<Response, ApiError> {
+async fn records(
+    state: &AppState,
+    query: RecordsQuery,
+    holder: &str,
+) -> Result<Response, ApiError> {
     if query.format == RecordsFormat::Csv {
         return Ok(export::records_csv(state, query, holder).await);
     }
@@ -156,4 +160,3 @@ fn records_sql(
     }
     sql
 }
-

@@ -683,7 +683,12 @@ mod tests {
         let hundred: String = (0..100).map(|i| format!("models=m{i}&")).collect();
         assert!(RecordsQuery::parse(&hundred, false).is_ok());
         assert_eq!(records(&format!("{hundred}models=one-more")), "models");
-        for time in ["-1", "-62135596800", "9467150000000", "300000-01-01T00:00:00Z"] {
+        for time in [
+            "-1",
+            "-62135596800",
+            "9467150000000",
+            "300000-01-01T00:00:00Z",
+        ] {
             assert_eq!(records(&format!("start_time={time}")), "start_time");
             assert_eq!(records(&format!("end_time={time}")), "end_time");
         }

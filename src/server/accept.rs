@@ -53,11 +53,7 @@ impl Edge {
 
     /// Accepts until `stop` is cancelled; each connection (or refusal) is a
     /// task of `connections`. Returns with the listener closed.
-    pub async fn accept_until_stopped(
-        &self,
-        listener: TcpListener,
-        connections: &mut JoinSet<()>,
-    ) {
+    pub async fn accept_until_stopped(&self, listener: TcpListener, connections: &mut JoinSet<()>) {
         loop {
             let accepted = tokio::select! {
                 () = self.stop.cancelled() => return,
@@ -114,8 +110,8 @@ fn connection_cap(max_connections: usize) -> usize {
             rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1_024, |(soft, _)| soft)
         }
     };
-    let fits = usize::try_from(soft.saturating_sub(RESERVED_DESCRIPTORS).max(16))
-        .unwrap_or(usize::MAX);
+    let fits =
+        usize::try_from(soft.saturating_sub(RESERVED_DESCRIPTORS).max(16)).unwrap_or(usize::MAX);
     if fits < max_connections {
         tracing::warn!(
             max_connections,

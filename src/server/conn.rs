@@ -124,7 +124,9 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let activity = &self.0;
         if activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            activity.since_ms.store(activity.now_ms(), Ordering::Release);
+            activity
+                .since_ms
+                .store(activity.now_ms(), Ordering::Release);
         }
     }
 }
@@ -351,10 +353,9 @@ const REFUSAL_TIME: Duration = Duration::from_secs(1);
 /// connection before the client reads the answer. A peer that sends nothing
 /// is closed without an answer once [`REFUSAL_TIME`] is up.
 pub async fn refuse(mut tcp: TcpStream) {
-    let body = ApiError::service_unavailable(
-        "The gateway is at its connection limit; retry shortly.",
-    )
-    .to_json();
+    let body =
+        ApiError::service_unavailable("The gateway is at its connection limit; retry shortly.")
+            .to_json();
     let head = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
          retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
