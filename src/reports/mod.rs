@@ -44,7 +44,7 @@ pub async fn tenant_records(
     let principal = state.auth.authenticate(authorization(&headers)).await?;
     let mut query = RecordsQuery::parse(query.as_deref().unwrap_or(""), false)?;
     query.tenants = vec![principal.tenant.to_string()];
-    records(&state, query, &principal.tenant.to_string()).await
+    records(&state, query, principal.tenant.as_ref()).await
 }
 
 pub async fn admin_records(
