@@ -66,6 +66,46 @@ pub fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<AdminCalle
     }
 }
 
+/// Longest model id the price endpoints take, in characters.
+const MODEL_MAX_CHARS: usize = 200;
+
+/// A model id as the price endpoints take it: the public id (the prefix is
+/// optional), 1-200 characters, no control character (PostgreSQL text
+/// cannot hold NUL). `unprocessable` picks 422 (a body field) over 400 (the
+/// path).
+fn checked_model(
+    state: &AppState,
+    model: &str,
+    param: &str,
+    unprocessable: bool,
+) -> Result<String, ApiError> {
+    let model = state.config.public_model(model);
+    let ok = !model.is_empty()
+        && model.chars().count() <= MODEL_MAX_CHARS
+        && !model.chars().any(char::is_control);
+    if ok {
+        return Ok(model.to_owned());
+    }
+    let message =
+        format!("The model id must be 1-{MODEL_MAX_CHARS} characters with no control characters.");
+    Err(if unprocessable {
+        ApiError::unprocessable(param, message)
+    } else {
+        ApiError::invalid_value(param, message)
+    })
+}
+
+/// An id or filter from the path or query: short, printable.
+fn checked_text(param: &str, value: &str, max_chars: usize) -> Result<(), ApiError> {
+    if value.chars().count() > max_chars || value.chars().any(char::is_control) {
+        return Err(ApiError::invalid_value(
+            param,
+            format!("'{param}' must be at most {max_chars} characters with no control characters."),
+        ));
+    }
+    Ok(())
+}
+
 fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         if e.classify() == serde_json::error::Category::Data {
@@ -102,6 +142,12 @@ pub async fn create_key(
 ) -> Result<Response, ApiError> {
     require_admin(&state, &headers)?;
     let request: NewKey = parse_json(&body)?;
+    if request.name.chars().any(char::is_control) {
+        return Err(ApiError::unprocessable(
+            "name",
+            "The key name must not contain control characters.",
+        ));
+    }
     let created = auth::create_key(&state.pool, &request.tenant, &request.name)
         .await
         .map_err(|err| match err {
@@ -135,11 +181,8 @@ pub async fn list_keys(
     require_admin(&state, &headers)?;
     let Query(filter) = filter
         .map_err(|_| ApiError::invalid_value("tenant", "'tenant' must be given at most once."))?;
-    if let Some(tenant) = filter.tenant.as_deref().filter(|t| !auth::valid_tenant(t)) {
-        return Err(ApiError::invalid_value(
-            "tenant",
-            format!("{} (got {} bytes)", KeyError::BadTenant, tenant.len()),
-        ));
+    if let Some(tenant) = &filter.tenant {
+        checked_text("tenant", tenant, 64)?;
     }
     let keys = auth::list_keys(&state.pool, filter.tenant.as_deref()).await?;
     Ok(Json(serde_json::json!({"object": "list", "data": keys})).into_response())
@@ -161,6 +204,7 @@ pub async fn revoke_key(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     require_admin(&state, &headers)?;
+    checked_text("id", &id, 64)?;
     let revoked = auth::revoke_key(&state.pool, &id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("No key with id '{id}'.")))?;
@@ -202,7 +246,7 @@ pub async fn price_history(
     Path(model): Path<String>,
 ) -> Result<Response, ApiError> {
     require_admin(&state, &headers)?;
-    let model = state.config.public_model(&model).to_owned();
+    let model = checked_model(&state, &model, "model", false)?;
     let history = pricing::model_history(&state.pool, &model).await?;
     if history.is_empty() {
         return Err(ApiError::not_found(format!(
@@ -240,13 +284,7 @@ pub async fn put_price(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let caller = require_admin(&state, &headers)?;
-    let model = state.config.public_model(&model).to_owned();
-    if model.is_empty() || model.len() > 200 {
-        return Err(ApiError::unprocessable(
-            "model",
-            "The model id must be 1-200 characters.",
-        ));
-    }
+    let model = checked_model(&state, &model, "model", true)?;
     let mut fields: Vec<(String, Box<RawValue>)> =
         parse_json::<std::collections::BTreeMap<String, Box<RawValue>>>(&body)?
             .into_iter()
@@ -293,7 +331,7 @@ pub async fn retire_price(
     Path(model): Path<String>,
 ) -> Result<Response, ApiError> {
     let caller = require_admin(&state, &headers)?;
-    let model = state.config.public_model(&model).to_owned();
+    let model = checked_model(&state, &model, "model", false)?;
     let history = pricing::model_history(&state.pool, &model).await?;
     if history.is_empty() {
         return Err(ApiError::not_found(format!(
@@ -402,13 +440,12 @@ fn parse_models(state: &AppState, raw: &RawValue) -> Result<Option<Vec<String>>,
     let models: Option<Vec<String>> = serde_json::from_str(raw.get()).map_err(|_| bad())?;
     match models {
         None => Ok(None),
-        Some(models) if models.is_empty() || models.iter().any(String::is_empty) => Err(bad()),
-        Some(models) => Ok(Some(
-            models
-                .iter()
-                .map(|m| state.config.public_model(m).to_owned())
-                .collect(),
-        )),
+        Some(models) if models.is_empty() || models.len() > 1_000 => Err(bad()),
+        Some(models) => models
+            .iter()
+            .map(|m| checked_model(state, m, "models", true))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
     }
 }
 
@@ -446,6 +483,9 @@ pub async fn import_prices(
         .map_err(|_| ApiError::invalid_request("The body must be UTF-8 JSON."))?;
     let report = litellm::parse_litellm(text)
         .map_err(|err| ApiError::unprocessable("body", err.to_string()))?;
+    for imported in &report.imported {
+        checked_model(&state, &imported.model, "body", true)?;
+    }
     let changed = pricing::import_sheets(&state.pool, &report.imported, &caller.label).await?;
     reload(&state).await;
     Ok(Json(serde_json::json!({

@@ -215,6 +215,71 @@ impl Default for PricesConfig {
     }
 }
 
+/// Bounds on client connections (`[server]`): see README "Bounds".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// From the first byte of a request to the end of its headers.
+    pub header_read_timeout_secs: u64,
+    /// From the end of the headers to the end of the body; a body still
+    /// arriving then is cut with 408.
+    pub body_read_timeout_secs: u64,
+    /// How long a keep-alive connection may wait, with no request under way,
+    /// for the first byte of the next request.
+    pub idle_timeout_secs: u64,
+    /// Open client connections at most; one over it is answered 503 with
+    /// `retry-after` and closed. Lowered at start to fit the open-files limit.
+    pub max_connections: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_secs: 10,
+            body_read_timeout_secs: 60,
+            idle_timeout_secs: 60,
+            max_connections: 8_192,
+        }
+    }
+}
+
+/// The database pools besides the main one (`database_max_connections`,
+/// which serves authentication, proxying, the admin API and readiness).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// The ledger writer's own connections: reports can never take them.
+    pub ledger_max_connections: u32,
+    /// JSON records pages and usage reports.
+    pub reports_max_connections: u32,
+    /// `statement_timeout` of every report query.
+    pub report_statement_timeout_secs: u64,
+    /// CSV exports (each holds a connection while it streams).
+    pub exports_max_connections: u32,
+    /// CSV exports one tenant (or the admin API) may run at once; one more
+    /// is answered 429 `rate_limit_exceeded` with `retry-after`.
+    pub exports_per_tenant: u32,
+    /// Longest a CSV export may run (also its `statement_timeout`).
+    pub export_max_secs: u64,
+    /// A client that reads nothing of an export for this long is cut, and
+    /// the export's connection goes back to the pool.
+    pub export_stall_secs: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            ledger_max_connections: 4,
+            reports_max_connections: 8,
+            report_statement_timeout_secs: 30,
+            exports_max_connections: 4,
+            exports_per_tenant: 2,
+            export_max_secs: 900,
+            export_stall_secs: 30,
+        }
+    }
+}
+
 /// An extra admin token with a label; the label is what the audit trail
 /// (`created_by` of price versions) records for changes made with it.
 #[derive(Debug, Clone, Deserialize)]
@@ -255,6 +320,8 @@ pub struct Config {
     pub background_poll_secs: u64,
     pub ledger: LedgerConfig,
     pub prices: PricesConfig,
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
 }
 
 /// What to do with an offered tool the platform does not serve
@@ -303,6 +370,8 @@ impl Default for Config {
             background_poll_secs: 15,
             ledger: LedgerConfig::default(),
             prices: PricesConfig::default(),
+            server: ServerConfig::default(),
+            database: DatabaseConfig::default(),
         }
     }
 }
@@ -479,6 +548,52 @@ impl Config {
         }
         if self.background_poll_secs == 0 {
             return Err(invalid("background_poll_secs", "must be at least 1"));
+        }
+        self.validate_bounds()
+    }
+
+    /// Every timeout and pool of `[server]` and `[database]` must be at
+    /// least 1: a zero would refuse everything or wait forever.
+    fn validate_bounds(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        let d = &self.database;
+        let at_least_one: [(&str, u64); 10] = [
+            (
+                "server.header_read_timeout_secs",
+                s.header_read_timeout_secs,
+            ),
+            ("server.body_read_timeout_secs", s.body_read_timeout_secs),
+            ("server.idle_timeout_secs", s.idle_timeout_secs),
+            ("server.max_connections", s.max_connections as u64),
+            (
+                "database.ledger_max_connections",
+                d.ledger_max_connections.into(),
+            ),
+            (
+                "database.reports_max_connections",
+                d.reports_max_connections.into(),
+            ),
+            (
+                "database.report_statement_timeout_secs",
+                d.report_statement_timeout_secs,
+            ),
+            (
+                "database.exports_max_connections",
+                d.exports_max_connections.into(),
+            ),
+            ("database.exports_per_tenant", d.exports_per_tenant.into()),
+            ("database.export_stall_secs", d.export_stall_secs),
+        ];
+        for (field, value) in at_least_one {
+            if value == 0 {
+                return Err(invalid(field, "must be at least 1"));
+            }
+        }
+        if d.export_max_secs < d.export_stall_secs {
+            return Err(invalid(
+                "database.export_max_secs",
+                "must be at least database.export_stall_secs",
+            ));
         }
         Ok(())
     }

@@ -3,18 +3,25 @@
 //! response reconciler), binds the listening socket and runs the shutdown
 //! sequence.
 //!
+//! Connections are accepted by our own loop ([`accept`]) and served one task
+//! each ([`conn`]) so that every connection is bounded: header, body and
+//! idle timeouts, and a cap on open connections that refuses politely.
+//!
 //! Shutdown, in order: stop accepting → wait for in-flight requests up to the
 //! drain deadline → cut the rest (their meters record them) → wait for drain
 //! tasks → stop background loops → let the ledger writer write everything
 //! (to the spool if the database is gone) → exit.
 
-use std::future::{Future, IntoFuture};
+mod accept;
+mod conn;
+
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -24,7 +31,7 @@ use crate::ledger::{spawn_writer, spool::Spool};
 use crate::pricing::notify::{self, Reloaded};
 use crate::pricing::PriceBook;
 use crate::proxy::route::Routes;
-use crate::state::AppState;
+use crate::state::{AppState, TenantSlots};
 
 /// What `build_state` starts besides the state itself.
 pub struct Background {
@@ -44,9 +51,14 @@ pub async fn build_state(
             config.ledger.spool_dir.display()
         )
     })?;
-    let (ledger, writer) = spawn_writer(pool.clone(), spool, config.ledger.batching());
+    let side = crate::state::side_pools(&pool, &config.database);
+    // The writer's own connections: no report or export can take them.
+    let (ledger, writer) = spawn_writer(side.ledger, spool, config.ledger.batching());
     let state = Arc::new(AppState {
         auth: Authenticator::new(pool.clone()),
+        reports_pool: side.reports,
+        exports_pool: side.exports,
+        exports: TenantSlots::new(config.database.exports_per_tenant as usize),
         prices,
         ledger,
         limits: Default::default(),
@@ -150,13 +162,6 @@ pub async fn run(
     crate::telemetry::traces::install_from_env();
     let drain_deadline = state.config.drain_deadline();
     let stop = CancellationToken::new();
-    let app = crate::http::router(state.clone());
-    // Nagle would hold back small SSE frames.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(stop.clone().cancelled_owned());
     let signal = {
         let stop = stop.clone();
         let state = state.clone();
@@ -170,18 +175,23 @@ pub async fn run(
     #[allow(clippy::disallowed_methods)] // awaited implicitly: it only flips tokens
     tokio::spawn(signal);
 
-    // Boxed (not stack-pinned) so it can really be dropped below.
-    let mut server = Box::pin(server.into_future());
-    tokio::select! {
-        result = &mut server => result?,
-        () = async { stop.cancelled().await; tokio::time::sleep(drain_deadline).await } => {
-            tracing::warn!("drain deadline reached; cutting the remaining requests");
-        }
+    let mut connections = JoinSet::new();
+    let edge = accept::Edge::new(&state, crate::http::router(state.clone()), stop.clone());
+    edge.accept_until_stopped(listener, &mut connections).await;
+    // The listener is closed; idle connections close now, busy ones after
+    // their request.
+    let drained = tokio::time::timeout(drain_deadline, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("drain deadline reached; cutting the remaining requests");
     }
-    // Dropping the server future drops open connections: their bodies'
-    // meters record them now, without spawning drains.
+    // Dropping the connections drops their requests: their bodies' meters
+    // record them now, without spawning drains.
     state.tasks.close();
-    drop(server);
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
     if tokio::time::timeout(drain_deadline, state.tasks.wait())
         .await
         .is_err()

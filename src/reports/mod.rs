@@ -6,28 +6,29 @@
 //! `(started_at, id)`, so a page costs the same at any depth; `format=csv`
 //! streams every row of the filter instead (see [`csv`]). Usage reports are
 //! summed per time bucket from rollups and ledger rows (see [`usage`]).
+//! Reports read through pools of their own (`AppState::reports_pool`,
+//! `exports_pool`), so no report can take the connections of the ledger
+//! writer, the admin API or readiness; CSV exports are limited per tenant
+//! and cut when their client stops reading (see [`export`]).
 //! Filters are bound parameters (`QueryBuilder::push_bind`), never text
 //! spliced into SQL. The tenant filter of the client endpoints comes from
 //! the authenticated key, never from a parameter.
 
 pub mod csv;
+mod export;
+mod page;
 mod params;
 pub mod usage;
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bytes::Bytes;
-use futures_util::StreamExt;
 use sqlx::{PgPool, Postgres, QueryBuilder};
-use tokio::sync::mpsc;
 
 use crate::error::ApiError;
-use crate::ledger::{LedgerRow, COLUMNS};
 use crate::proxy::authorization;
 use crate::state::AppState;
 pub use params::{
@@ -66,7 +67,7 @@ pub async fn tenant_records(
     let principal = state.auth.authenticate(authorization(&headers)).await?;
     let mut query = RecordsQuery::parse(query.as_deref().unwrap_or(""), false)?;
     query.tenants = vec![principal.tenant.to_string()];
-    records(&state, query).await
+    records(&state, query, principal.tenant.as_ref()).await
 }
 
 /// Every tenant's ledger rows.
@@ -101,7 +102,8 @@ pub async fn admin_records(
 ) -> Result<Response, ApiError> {
     crate::admin::require_admin(&state, &headers)?;
     let query = RecordsQuery::parse(query.as_deref().unwrap_or(""), true)?;
-    records(&state, query).await
+    // Admin exports share one allowance, whatever tenants they read.
+    records(&state, query, export::ADMIN_HOLDER).await
 }
 
 /// The caller's tenant's usage and cost per UTC bucket (CONTRACT §6).
@@ -132,7 +134,7 @@ pub async fn tenant_usage(
     let now = chrono::Utc::now().timestamp();
     let mut query = UsageQuery::parse(query.as_deref().unwrap_or(""), false, now)?;
     query.tenants = vec![principal.tenant.to_string()];
-    let page = usage::usage_page(&state.pool, &query, false).await?;
+    let page = usage::usage_page(&state.reports_pool, &query, false).await?;
     Ok(Json(page).into_response())
 }
 
@@ -165,22 +167,26 @@ pub async fn admin_usage(
     crate::admin::require_admin(&state, &headers)?;
     let now = chrono::Utc::now().timestamp();
     let query = UsageQuery::parse(query.as_deref().unwrap_or(""), true, now)?;
-    let page = usage::usage_page(&state.pool, &query, true).await?;
+    let page = usage::usage_page(&state.reports_pool, &query, true).await?;
     Ok(Json(page).into_response())
 }
 
-async fn records(state: &AppState, query: RecordsQuery) -> Result<Response, ApiError> {
+async fn records(
+    state: &AppState,
+    query: RecordsQuery,
+    holder: &str,
+) -> Result<Response, ApiError> {
     if query.format == RecordsFormat::Csv {
-        return records_csv(state, query).await;
+        return Ok(export::records_csv(state, query, holder).await);
     }
-    let mut rows = fetch_records(&state.pool, &query).await?;
+    let mut rows = fetch_records(&state.reports_pool, &query).await?;
     let has_more = rows.len() > query.limit;
     rows.truncate(query.limit);
     let next_cursor = if has_more {
         rows.last().and_then(|row| {
-            row.id.map(|id| {
+            row.row.id.map(|id| {
                 Cursor {
-                    started_at: row.started_at,
+                    started_at: row.row.started_at,
                     id,
                 }
                 .encode()
@@ -198,22 +204,27 @@ async fn records(state: &AppState, query: RecordsQuery) -> Result<Response, ApiE
     .into_response())
 }
 
-/// One page plus one row (to know whether more follow).
+/// One page plus one row (to know whether more follow), long text cut to
+/// [`page::TEXT_MAX_CHARS`] in the database (see [`page`]).
 pub async fn fetch_records(
     pool: &PgPool,
     query: &RecordsQuery,
-) -> Result<Vec<LedgerRow>, sqlx::Error> {
+) -> Result<Vec<page::PageRow>, sqlx::Error> {
     let limit = i64::try_from(query.limit + 1).unwrap_or(i64::MAX);
-    records_sql(query, Some(limit))
-        .build_query_as::<LedgerRow>()
+    records_sql(&page::columns(), query, Some(limit))
+        .build_query_as::<page::PageRow>()
         .fetch_all(pool)
         .await
 }
 
 /// The records of `query`, newest first; all of them without `limit`.
-fn records_sql(query: &RecordsQuery, limit: Option<i64>) -> QueryBuilder<'static, Postgres> {
+fn records_sql(
+    columns: &str,
+    query: &RecordsQuery,
+    limit: Option<i64>,
+) -> QueryBuilder<'static, Postgres> {
     let mut sql: QueryBuilder<Postgres> = QueryBuilder::new(format!(
-        "SELECT {COLUMNS} FROM usage_ledger WHERE started_at >= "
+        "SELECT {columns} FROM usage_ledger WHERE started_at >= "
     ));
     sql.push_bind(query.start_time);
     sql.push(" AND started_at < ").push_bind(query.end_time);
@@ -236,88 +247,4 @@ fn records_sql(query: &RecordsQuery, limit: Option<i64>) -> QueryBuilder<'static
         sql.push(" LIMIT ").push_bind(limit);
     }
     sql
-}
-
-/// Bytes per body chunk of a CSV export.
-const CSV_CHUNK: usize = 64 * 1024;
-
-/// `format=csv`: every row of the filter, newest first, streamed as it is
-/// read. A producer task reads the rows with sqlx `fetch` (a cursor over
-/// one statement, one snapshot) and hands the body CSV chunks through a
-/// small channel, so memory stays at a few chunks whatever the row count and
-/// a slow client slows the read instead of filling memory. A client that
-/// goes away drops the receiver, which stops the producer.
-///
-/// An error before the first chunk is answered with the usual envelope; an
-/// error after the headers are sent can only cut the body, which the client
-/// sees as a truncated chunked response, never as a complete file.
-async fn records_csv(state: &AppState, query: RecordsQuery) -> Result<Response, ApiError> {
-    let (tx, mut rx) = mpsc::channel::<Result<Bytes, sqlx::Error>>(4);
-    state
-        .tasks
-        .spawn(produce_csv(state.pool.clone(), query, tx));
-    let first = match rx.recv().await {
-        Some(Ok(chunk)) => chunk,
-        Some(Err(err)) => return Err(err.into()),
-        None => return Err(ApiError::internal("CSV export stopped before its header")),
-    };
-    let rest = futures_util::stream::unfold(rx, |mut rx| async move {
-        let item = rx.recv().await?;
-        Some((item, rx))
-    });
-    let body = futures_util::stream::once(async move { Ok(first) })
-        .chain(rest)
-        .map(|item| {
-            item.map_err(|err| {
-                tracing::warn!(error = %err, "CSV export failed mid-stream; cutting the body");
-                std::io::Error::other(err)
-            })
-        });
-    let mut response = Response::new(Body::from_stream(body));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/csv; charset=utf-8; header=present"),
-    );
-    headers.insert(
-        header::CONTENT_DISPOSITION,
-        HeaderValue::from_static("attachment; filename=\"usage-records.csv\""),
-    );
-    Ok(response)
-}
-
-async fn produce_csv(
-    pool: PgPool,
-    query: RecordsQuery,
-    tx: mpsc::Sender<Result<Bytes, sqlx::Error>>,
-) {
-    let mut sql = records_sql(&query, None);
-    let mut rows = sql.build_query_as::<LedgerRow>().fetch(&pool);
-    let mut buf = String::with_capacity(CSV_CHUNK + 4096);
-    csv::write_header(&mut buf);
-    // The first chunk goes out after the first row (or the end), so the
-    // handler learns quickly whether the query runs at all.
-    let mut sent_first = false;
-    while let Some(row) = rows.next().await {
-        match row {
-            Ok(row) => csv::write_row(&mut buf, &row),
-            Err(err) => {
-                let _ = tx.send(Err(err)).await;
-                return;
-            }
-        }
-        if !sent_first || buf.len() >= CSV_CHUNK {
-            sent_first = true;
-            let chunk = Bytes::from(std::mem::replace(
-                &mut buf,
-                String::with_capacity(CSV_CHUNK + 4096),
-            ));
-            if tx.send(Ok(chunk)).await.is_err() {
-                return; // the client went away
-            }
-        }
-    }
-    if !buf.is_empty() {
-        let _ = tx.send(Ok(Bytes::from(buf))).await;
-    }
 }

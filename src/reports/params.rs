@@ -10,6 +10,12 @@ use crate::ledger::RequestStatus;
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1_000;
 
+/// Values one filter parameter may list (repeated and comma-separated
+/// together).
+pub const MAX_FILTER_VALUES: usize = 100;
+/// Longest filter value, in characters.
+pub const MAX_FILTER_CHARS: usize = 256;
+
 /// How `/usage/records` answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordsFormat {
@@ -38,9 +44,16 @@ impl Cursor {
             .ok()?;
         let text = String::from_utf8(bytes).ok()?;
         let (micros, id) = text.split_once(':')?;
+        let micros: i64 = micros.parse().ok()?;
+        let id: i64 = id.parse().ok()?;
+        // Only what this API can have issued: a time PostgreSQL stores and
+        // a row id (positive), so no cursor reaches SQL out of range.
+        if !(0..=MAX_TIME.saturating_mul(1_000_000) + 999_999).contains(&micros) || id < 1 {
+            return None;
+        }
         Some(Self {
-            started_at: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
-            id: id.parse().ok()?,
+            started_at: DateTime::from_timestamp_micros(micros)?,
+            id,
         })
     }
 }
@@ -66,12 +79,19 @@ pub fn parse_time(param: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
             .ok()
             .map(|t| t.with_timezone(&Utc)),
     };
-    parsed.ok_or_else(|| {
+    let time = parsed.ok_or_else(|| {
         ApiError::invalid_value(
             param,
             format!("'{param}' must be unix seconds or an RFC 3339 timestamp."),
         )
-    })
+    })?;
+    if !(0..=MAX_TIME).contains(&time.timestamp()) {
+        return Err(ApiError::invalid_value(
+            param,
+            format!("'{param}' must lie between 1970 and 9999."),
+        ));
+    }
+    Ok(time)
 }
 
 impl RecordsQuery {
@@ -95,10 +115,10 @@ impl RecordsQuery {
             match key {
                 "start_time" => query.start_time = parse_time("start_time", &value)?,
                 "end_time" => query.end_time = parse_time("end_time", &value)?,
-                "models" => query.models.extend(list(&value)),
-                "api_key_ids" => query.api_key_ids.extend(list(&value)),
+                "models" => extend("models", &mut query.models, &value)?,
+                "api_key_ids" => extend("api_key_ids", &mut query.api_key_ids, &value)?,
                 "statuses" => query.statuses.extend(statuses(&value)?),
-                "tenants" if admin => query.tenants.extend(list(&value)),
+                "tenants" if admin => extend("tenants", &mut query.tenants, &value)?,
                 "limit" => {
                     limit_given = true;
                     query.limit = value
@@ -161,12 +181,55 @@ fn list(value: &str) -> Vec<String> {
         .collect()
 }
 
+/// The values of a list parameter, each checked where it enters: no NUL or
+/// other control character (PostgreSQL text cannot hold NUL), at most
+/// [`MAX_FILTER_CHARS`] characters.
+fn checked_list(param: &str, value: &str) -> Result<Vec<String>, ApiError> {
+    let values = list(value);
+    if values.len() > MAX_FILTER_VALUES {
+        return Err(too_many_values(param));
+    }
+    for value in &values {
+        if value.chars().any(char::is_control) {
+            return Err(ApiError::invalid_value(
+                param,
+                format!("'{param}' values must not contain control characters (NUL included)."),
+            ));
+        }
+        if value.chars().count() > MAX_FILTER_CHARS {
+            return Err(ApiError::invalid_value(
+                param,
+                format!("'{param}' values must be at most {MAX_FILTER_CHARS} characters."),
+            ));
+        }
+    }
+    Ok(values)
+}
+
+/// Adds the values of one occurrence of a list parameter to `into`, bounded
+/// over every occurrence.
+fn extend(param: &str, into: &mut Vec<String>, value: &str) -> Result<(), ApiError> {
+    into.extend(checked_list(param, value)?);
+    if into.len() > MAX_FILTER_VALUES {
+        return Err(too_many_values(param));
+    }
+    Ok(())
+}
+
+fn too_many_values(param: &str) -> ApiError {
+    ApiError::invalid_value(
+        param,
+        format!("'{param}' may list at most {MAX_FILTER_VALUES} values."),
+    )
+}
+
 fn statuses(value: &str) -> Result<Vec<String>, ApiError> {
-    let statuses = list(value);
+    let statuses = checked_list("statuses", value)?;
     if let Some(unknown) = statuses
         .iter()
         .find(|s| !RequestStatus::ALL.contains(&s.as_str()))
     {
+        // Checked above: printable and short, so it may be echoed.
         return Err(ApiError::invalid_value(
             "statuses",
             format!("Unknown status '{unknown}'."),
@@ -336,14 +399,8 @@ fn parse_seconds(param: &str, value: &str) -> Result<i64, ApiError> {
             format!("'{param}' must be a whole second."),
         ));
     }
-    let seconds = time.timestamp();
-    if !(0..=MAX_TIME).contains(&seconds) {
-        return Err(ApiError::invalid_value(
-            param,
-            format!("'{param}' must lie between 1970 and 9999."),
-        ));
-    }
-    Ok(seconds)
+    // parse_time keeps it within 1970..=9999.
+    Ok(time.timestamp())
 }
 
 impl UsageQuery {
@@ -380,7 +437,7 @@ impl UsageQuery {
                     }
                 }
                 "group_by" => {
-                    for name in list(&value) {
+                    for name in checked_list("group_by", &value)? {
                         let field = GroupBy::ALL
                             .into_iter()
                             .find(|g| g.name() == name)
@@ -402,10 +459,10 @@ impl UsageQuery {
                         group_by.push(field);
                     }
                 }
-                "models" => models.extend(list(&value)),
-                "api_key_ids" => api_key_ids.extend(list(&value)),
+                "models" => extend("models", &mut models, &value)?,
+                "api_key_ids" => extend("api_key_ids", &mut api_key_ids, &value)?,
                 "statuses" => statuses_filter.extend(statuses(&value)?),
-                "tenants" if admin => tenants.extend(list(&value)),
+                "tenants" if admin => extend("tenants", &mut tenants, &value)?,
                 "limit" => limit = Some(value.into_owned()),
                 "page" => page = Some(value.into_owned()),
                 other => return Err(unknown_parameter(other)),
@@ -606,6 +663,57 @@ mod tests {
             let err = UsageQuery::parse(&raw(&bad), false, 0).unwrap_err();
             assert_eq!(err.param.as_deref(), Some("page"), "{bad}");
         }
+    }
+
+    #[test]
+    fn hostile_filter_values_and_cursors_are_400s_naming_the_param() {
+        let records = |raw: &str| {
+            RecordsQuery::parse(raw, true)
+                .unwrap_err()
+                .param
+                .unwrap_or_default()
+        };
+        for param in ["models", "api_key_ids", "tenants", "statuses"] {
+            assert_eq!(records(&format!("{param}=a%00b")), param);
+            assert_eq!(records(&format!("{param}={}", "x".repeat(257))), param);
+            let many: Vec<String> = (0..101).map(|i| format!("v{i}")).collect();
+            assert_eq!(records(&format!("{param}={}", many.join(","))), param);
+        }
+        // 100 values over repeated parameters are the most.
+        let hundred: String = (0..100).map(|i| format!("models=m{i}&")).collect();
+        assert!(RecordsQuery::parse(&hundred, false).is_ok());
+        assert_eq!(records(&format!("{hundred}models=one-more")), "models");
+        for time in [
+            "-1",
+            "-62135596800",
+            "9467150000000",
+            "300000-01-01T00:00:00Z",
+        ] {
+            assert_eq!(records(&format!("start_time={time}")), "start_time");
+            assert_eq!(records(&format!("end_time={time}")), "end_time");
+        }
+        let b64 = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
+        for cursor in [
+            b64(&format!("{}:1", i64::MAX)),
+            b64(&format!("{}:1", i64::MIN)),
+            b64("-1:5"),
+            b64("1764547200000000:0"),
+            b64("1764547200000000:-9"),
+            b64("1764547200000000:99999999999999999999"),
+        ] {
+            assert_eq!(records(&format!("after={cursor}")), "after", "{cursor}");
+        }
+        let usage = |raw: &str| {
+            UsageQuery::parse(raw, true, 864_000)
+                .unwrap_err()
+                .param
+                .unwrap_or_default()
+        };
+        assert_eq!(usage("start_time=10&group_by=model%00"), "group_by");
+        assert_eq!(usage("start_time=10&models=a%00"), "models");
+        assert_eq!(usage("start_time=-5"), "start_time");
+        assert_eq!(usage("start_time=10&end_time=99999999999999"), "end_time");
+        assert_eq!(usage("start_time=10&page=page_%00"), "page");
     }
 
     #[test]
