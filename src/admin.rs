@@ -126,7 +126,7 @@ struct NewKey {
 
 /// Creates a client key; the secret is in this answer only.
 #[utoipa::path(post, path = "/admin/keys", tag = "admin", security(("admin" = [])),
-    request_body = crate::http::openapi::NewKeyBody,
+    request_body = crate::schema::NewKeyBody,
     responses(
         (status = 201, description = "The new key.", body = crate::auth::CreatedKey),
         (status = 401, description = "Missing or wrong admin token.", body = crate::error::Envelope),
@@ -167,7 +167,7 @@ pub struct KeyFilter {
 #[utoipa::path(get, path = "/admin/keys", tag = "admin", security(("admin" = [])),
     params(("tenant" = Option<String>, Query, description = "Only this tenant's keys.")),
     responses(
-        (status = 200, description = "The keys.", body = crate::http::openapi::KeyList),
+        (status = 200, description = "The keys.", body = crate::schema::KeyList),
         (status = 401, description = "Missing or wrong admin token.", body = crate::error::Envelope),
         (status = 403, description = "The admin API is disabled (no admin token configured).", body = crate::error::Envelope),
         (status = 503, description = "The database is unavailable.", body = crate::error::Envelope),
@@ -215,7 +215,7 @@ pub async fn revoke_key(
 /// The price in force of every model.
 #[utoipa::path(get, path = "/admin/prices", tag = "admin", security(("admin" = [])),
     responses(
-        (status = 200, description = "Current prices.", body = crate::http::openapi::PriceList),
+        (status = 200, description = "Current prices.", body = crate::schema::PriceList),
         (status = 401, description = "Missing or wrong admin token.", body = crate::error::Envelope),
         (status = 403, description = "The admin API is disabled (no admin token configured).", body = crate::error::Envelope),
         (status = 503, description = "The database is unavailable.", body = crate::error::Envelope),
@@ -233,7 +233,7 @@ pub async fn list_prices(
 #[utoipa::path(get, path = "/admin/prices/{model}", tag = "admin", security(("admin" = [])),
     params(("model" = String, Path, description = "Public model id (the prefix is optional).")),
     responses(
-        (status = 200, description = "Current and history.", body = crate::http::openapi::PriceHistory),
+        (status = 200, description = "Current and history.", body = crate::schema::PriceHistory),
         (status = 401, description = "Missing or wrong admin token.", body = crate::error::Envelope),
         (status = 403, description = "The admin API is disabled (no admin token configured).", body = crate::error::Envelope),
         (status = 503, description = "The database is unavailable.", body = crate::error::Envelope),
@@ -267,9 +267,9 @@ pub async fn price_history(
 
 #[utoipa::path(put, path = "/admin/prices/{model}", tag = "admin", security(("admin" = [])),
     params(("model" = String, Path, description = "Public model id (the prefix is optional).")),
-    request_body = crate::http::openapi::PriceBody,
+    request_body = crate::schema::PriceBody,
     responses(
-        (status = 201, description = "The new version.", body = crate::http::openapi::PriceVersion),
+        (status = 201, description = "The new version.", body = crate::schema::PriceVersion),
         (status = 401, description = "Missing or wrong admin token.", body = crate::error::Envelope),
         (status = 403, description = "The admin API is disabled (no admin token configured).", body = crate::error::Envelope),
         (status = 503, description = "The database is unavailable.", body = crate::error::Envelope),
@@ -313,7 +313,7 @@ pub async fn put_price(
 #[utoipa::path(delete, path = "/admin/prices/{model}", tag = "admin", security(("admin" = [])),
     params(("model" = String, Path, description = "Public model id (the prefix is optional).")),
     responses(
-        (status = 200, description = "The retirement version.", body = crate::http::openapi::PriceVersion),
+        (status = 200, description = "The retirement version.", body = crate::schema::PriceVersion),
         (status = 401, description = "Missing or wrong admin token.", body = crate::error::Envelope),
         (status = 403, description = "The admin API is disabled (no admin token configured).", body = crate::error::Envelope),
         (status = 503, description = "The database is unavailable.", body = crate::error::Envelope),
@@ -351,9 +351,9 @@ pub async fn retire_price(
 }
 
 #[utoipa::path(post, path = "/admin/reprice", tag = "admin", security(("admin" = [])),
-    request_body = crate::http::openapi::RepriceBody,
+    request_body = crate::schema::RepriceBody,
     responses(
-        (status = 200, description = "What was priced.", body = crate::http::openapi::RepriceResult),
+        (status = 200, description = "What was priced.", body = crate::schema::RepriceResult),
         (status = 401, description = "Missing or wrong admin token.", body = crate::error::Envelope),
         (status = 403, description = "The admin API is disabled (no admin token configured).", body = crate::error::Envelope),
         (status = 503, description = "The database is unavailable.", body = crate::error::Envelope),
@@ -465,7 +465,7 @@ fn parse_time(raw: &RawValue) -> Result<DateTime<Utc>, ApiError> {
 #[utoipa::path(post, path = "/admin/prices/import", tag = "admin", security(("admin" = [])),
     request_body = Object,
     responses(
-        (status = 200, description = "What changed.", body = crate::http::openapi::ImportResult),
+        (status = 200, description = "What changed.", body = crate::schema::ImportResult),
         (status = 401, description = "Missing or wrong admin token.", body = crate::error::Envelope),
         (status = 403, description = "The admin API is disabled (no admin token configured).", body = crate::error::Envelope),
         (status = 503, description = "The database is unavailable.", body = crate::error::Envelope),
@@ -513,7 +513,7 @@ pub struct QuarantineQuery {
 #[utoipa::path(get, path = "/admin/ledger/quarantine", tag = "admin", security(("admin" = [])),
     params(("limit" = Option<i64>, Query, description = "At most this many (1-1000, default 100).", minimum = 1, maximum = 1000)),
     responses(
-        (status = 200, description = "Quarantined rows.", body = crate::http::openapi::QuarantineList),
+        (status = 200, description = "Quarantined rows.", body = crate::schema::QuarantineList),
         (status = 400, description = "A bad parameter.", body = crate::error::Envelope),
         (status = 401, description = "Missing or wrong admin token.", body = crate::error::Envelope),
         (status = 403, description = "The admin API is disabled (no admin token configured).", body = crate::error::Envelope),

@@ -30,5 +30,6 @@ pub mod demo;
 pub mod http;
 pub mod mock_upstream;
 pub mod pgtemp;
+pub mod schema;
 pub mod server;
 pub mod state;

@@ -4,17 +4,16 @@
 //!
 //! The proxied Responses and Conversations endpoints are not copied here:
 //! the document points at OpenAI's own specification for them (their bodies
-//! pass through unchanged). The few schemas below describe answers that
-//! handlers still build as JSON values (key lists, price versions, reprice
-//! and import reports); CI's Schemathesis run checks every answer against
-//! the document, so a drift fails the build.
+//! pass through unchanged). Answers that handlers still build as JSON values are
+//! described in [`crate::schema`]; CI's Schemathesis run checks every answer
+//! against the document, so a drift fails the build.
 
 use std::sync::OnceLock;
 
 use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ExternalDocs, OpenApi as Document};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 
 /// Where the proxied endpoints are specified.
 pub const OPENAI_SPEC: &str = "https://github.com/openai/openai-openapi";
@@ -114,138 +113,4 @@ pub(super) async fn openapi_json() -> Response {
         document(),
     )
         .into_response()
-}
-
-/// `GET /v1/usage/records` (JSON form).
-#[derive(ToSchema)]
-pub struct RecordsPage {
-    /// Always `list`.
-    pub object: String,
-    pub data: Vec<crate::ledger::LedgerRow>,
-    pub has_more: bool,
-    /// Pass as `after` for the next page.
-    pub next_cursor: Option<String>,
-}
-
-/// `POST /admin/keys` body.
-#[derive(ToSchema)]
-pub struct NewKeyBody {
-    /// 1-64 letters, digits, `.`, `_` or `-`.
-    pub tenant: String,
-    /// At most 200 characters.
-    pub name: Option<String>,
-}
-
-/// `GET /admin/keys`.
-#[derive(ToSchema)]
-pub struct KeyList {
-    pub object: String,
-    pub data: Vec<crate::auth::KeyInfo>,
-}
-
-/// One price version. Rates are exact decimal strings (USD per token);
-/// tier and long-context variants (`*_flex`, `*_priority`,
-/// `*_above_272k_tokens`) appear as further fields of the same form.
-#[derive(ToSchema)]
-pub struct PriceVersion {
-    pub id: i64,
-    pub model: String,
-    pub effective_from: String,
-    pub retired: bool,
-    pub input_cost_per_token: Option<String>,
-    pub cache_read_input_token_cost: Option<String>,
-    pub output_cost_per_token: Option<String>,
-    pub output_cost_per_reasoning_token: Option<String>,
-    pub currency: String,
-    pub created_at: String,
-    /// The label of the admin token that created it.
-    pub created_by: String,
-}
-
-/// `GET /admin/prices`.
-#[derive(ToSchema)]
-pub struct PriceList {
-    pub object: String,
-    pub data: Vec<PriceVersion>,
-}
-
-/// `GET /admin/prices/{model}`.
-#[derive(ToSchema)]
-pub struct PriceHistory {
-    pub object: String,
-    pub model: String,
-    pub current: Option<PriceVersion>,
-    pub history: Vec<PriceVersion>,
-}
-
-/// `PUT /admin/prices/{model}` body: LiteLLM field names, each a decimal
-/// string or a JSON number (parsed exactly), plus `effective_from`.
-#[derive(ToSchema)]
-pub struct PriceBody {
-    pub input_cost_per_token: String,
-    pub output_cost_per_token: String,
-    pub cache_read_input_token_cost: Option<String>,
-    pub output_cost_per_reasoning_token: Option<String>,
-    /// RFC 3339; default now; may be in the future.
-    pub effective_from: Option<String>,
-}
-
-/// `POST /admin/reprice` body.
-#[derive(ToSchema)]
-pub struct RepriceBody {
-    /// Unix seconds or RFC 3339, inclusive.
-    pub start_time: String,
-    /// Unix seconds or RFC 3339, exclusive.
-    pub end_time: String,
-    pub models: Option<Vec<String>>,
-}
-
-/// `POST /admin/reprice` answer.
-#[derive(ToSchema)]
-pub struct RepriceResult {
-    pub object: String,
-    pub start_time: String,
-    pub end_time: String,
-    pub models: Option<Vec<String>>,
-    pub priced: i64,
-    /// Exact decimal string.
-    pub cost_added: String,
-    pub still_unpriced: i64,
-}
-
-/// `POST /admin/prices/import` answer.
-#[derive(ToSchema)]
-pub struct ImportResult {
-    pub object: String,
-    /// The models that got a new version.
-    pub imported: Vec<String>,
-    pub unchanged: i64,
-    pub skipped: Vec<serde_json::Value>,
-}
-
-/// `GET /admin/ledger/quarantine`.
-#[derive(ToSchema)]
-pub struct QuarantineList {
-    pub object: String,
-    pub data: Vec<crate::ledger::quarantine::QuarantinedRow>,
-    /// Every quarantined row, not only this page.
-    pub total: i64,
-}
-
-/// One entry of `GET /v1/models`, as OpenAI shapes it.
-#[derive(ToSchema)]
-pub struct Model {
-    /// The public id, prefix included (`turing/gpt-5.5`).
-    pub id: String,
-    pub object: String,
-    /// Unix seconds: when the price now in force took effect.
-    pub created: i64,
-    pub owned_by: String,
-}
-
-/// `GET /v1/models`.
-#[derive(ToSchema)]
-pub struct ModelList {
-    pub object: String,
-    pub data: Vec<Model>,
 }

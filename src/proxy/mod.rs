@@ -691,7 +691,7 @@ async fn owned_call(
 /// `GET /v1/models`: the public models with a price in force.
 #[utoipa::path(get, path = "/v1/models", tag = "usage", security(("key" = [])),
     responses(
-        (status = 200, description = "The public models this key may use.", body = crate::http::openapi::ModelList),
+        (status = 200, description = "The public models this key may use.", body = crate::schema::ModelList),
         (status = 401, description = "Missing or unknown key.", body = crate::error::Envelope),
         (status = 503, description = "The database is unavailable.", body = crate::error::Envelope),
     ))]

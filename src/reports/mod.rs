@@ -54,7 +54,7 @@ use usage::push_filter;
         (status = 503, description = "The database is unavailable.", body = crate::error::Envelope),
         (status = 200, description = "A page of ledger rows, newest first; with `format=csv`, every matching row as CSV.",
             content(
-                (crate::http::openapi::RecordsPage = "application/json"),
+                (crate::schema::RecordsPage = "application/json"),
                 (String = "text/csv"),
             )),
         (status = 429, description = "Too many concurrent exports for this tenant.", body = crate::error::Envelope),
@@ -90,7 +90,7 @@ pub async fn tenant_records(
         (status = 503, description = "The database is unavailable.", body = crate::error::Envelope),
         (status = 200, description = "A page of ledger rows, newest first; with `format=csv`, every matching row as CSV.",
             content(
-                (crate::http::openapi::RecordsPage = "application/json"),
+                (crate::schema::RecordsPage = "application/json"),
                 (String = "text/csv"),
             )),
         (status = 429, description = "Too many concurrent exports.", body = crate::error::Envelope),
