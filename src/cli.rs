@@ -11,7 +11,7 @@ use sqlx::migrate::MigrateDatabase;
 use crate::config::{Config, ProcessEnv};
 use crate::mock_upstream::MockUpstream;
 use crate::pricing::{self, litellm};
-use crate::{server, state};
+use crate::{limits, server, state};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -56,6 +56,74 @@ pub enum Command {
     Prices {
         #[command(subcommand)]
         command: PricesCommand,
+    },
+    /// Manage budgets and rate limits (CONTRACT §8), as `/admin/limits` does.
+    Limits {
+        #[command(subcommand)]
+        command: LimitsCommand,
+    },
+}
+
+/// The scope a limits command acts on: exactly one of tenant or key.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct ScopeArg {
+    /// A tenant id.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// A key id (as `tollgate keys list` shows it).
+    #[arg(long)]
+    key: Option<String>,
+}
+
+impl ScopeArg {
+    fn split(&self) -> (limits::store::Scope, &str) {
+        match (&self.tenant, &self.key) {
+            (Some(tenant), _) => (limits::store::Scope::Tenant, tenant),
+            (None, Some(key)) => (limits::store::Scope::Key, key),
+            (None, None) => unreachable!("clap requires one of --tenant and --key"),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LimitsCommand {
+    /// Replace a scope's limits (as a PUT does); prints the new status.
+    ///
+    /// Either the flags or `--body` with a CONTRACT §8 JSON body.
+    Set {
+        #[command(flatten)]
+        scope: ScopeArg,
+        /// Budget amount in the ledger currency, a decimal such as 50.00.
+        #[arg(long, conflicts_with = "body", allow_hyphen_values = true)]
+        budget: Option<String>,
+        /// day, week, month (the default) or total.
+        #[arg(long, requires = "budget")]
+        period: Option<String>,
+        /// hard (the default) or soft.
+        #[arg(long, requires = "budget")]
+        mode: Option<String>,
+        #[arg(long, conflicts_with = "body", allow_negative_numbers = true)]
+        requests_per_minute: Option<i64>,
+        #[arg(long, conflicts_with = "body", allow_negative_numbers = true)]
+        tokens_per_minute: Option<i64>,
+        #[arg(long, conflicts_with = "body", allow_negative_numbers = true)]
+        concurrent_requests: Option<i64>,
+        /// The whole limits body as JSON (for parts without a flag).
+        #[arg(long)]
+        body: Option<String>,
+    },
+    /// Print a scope's limits and live status, or every scope's.
+    Show {
+        #[arg(long, conflicts_with = "key")]
+        tenant: Option<String>,
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Remove a scope's limits.
+    Delete {
+        #[command(flatten)]
+        scope: ScopeArg,
     },
 }
 
@@ -118,6 +186,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 Command::Keys { command } => keys(&pool, command).await,
                 Command::Prices { command } => prices(&pool, command).await,
+                Command::Limits { command } => limits_command(&pool, command).await,
                 Command::MockUpstream { .. } | Command::Demo { .. } => Ok(()),
             }
         }
@@ -250,6 +319,84 @@ async fn prices(pool: &sqlx::PgPool, command: PricesCommand) -> anyhow::Result<(
     Ok(())
 }
 
+async fn limits_command(pool: &sqlx::PgPool, command: LimitsCommand) -> anyhow::Result<()> {
+    let printed = match command {
+        LimitsCommand::Set {
+            scope,
+            budget,
+            period,
+            mode,
+            requests_per_minute,
+            tokens_per_minute,
+            concurrent_requests,
+            body,
+        } => {
+            let body = match body {
+                Some(body) => body,
+                None => limits_body(
+                    budget.map(|amount| (amount, period, mode)),
+                    [
+                        ("requests_per_minute", requests_per_minute),
+                        ("tokens_per_minute", tokens_per_minute),
+                        ("concurrent_requests", concurrent_requests),
+                    ],
+                ),
+            };
+            let (scope, id) = scope.split();
+            serde_json::to_value(limits::api::set(pool, scope, id, body.as_bytes()).await?)?
+        }
+        LimitsCommand::Show { tenant, key } => {
+            let wanted = match (tenant, key) {
+                (Some(tenant), _) => Some((limits::store::Scope::Tenant, tenant)),
+                (None, Some(key)) => Some((limits::store::Scope::Key, key)),
+                (None, None) => None,
+            };
+            match wanted {
+                Some((scope, id)) => match limits::api::status_of(pool, scope, &id).await? {
+                    Some(status) => serde_json::to_value(status)?,
+                    None => anyhow::bail!("no limits are set for {} '{id}'", scope.as_str()),
+                },
+                None => serde_json::to_value(limits::api::statuses(pool).await?)?,
+            }
+        }
+        LimitsCommand::Delete { scope } => {
+            let (scope, id) = scope.split();
+            limits::api::remove(pool, scope, id).await?;
+            serde_json::json!({"deleted": {"scope": scope.as_str(), "id": id}})
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&printed)?);
+    Ok(())
+}
+
+/// The §8 body the `limits set` flags stand for. The amount stays a string
+/// (the body parser checks it like any PUT's); absent flags are absent parts.
+fn limits_body(
+    budget: Option<(String, Option<String>, Option<String>)>,
+    rates: [(&str, Option<i64>); 3],
+) -> String {
+    let mut body = serde_json::Map::new();
+    if let Some((amount, period, mode)) = budget {
+        let mut part = serde_json::Map::new();
+        part.insert("amount".into(), amount.into());
+        if let Some(period) = period {
+            part.insert("period".into(), period.into());
+        }
+        if let Some(mode) = mode {
+            part.insert("mode".into(), mode.into());
+        }
+        body.insert("budget".into(), part.into());
+    }
+    let rate: serde_json::Map<_, _> = rates
+        .into_iter()
+        .filter_map(|(name, value)| Some((name.to_owned(), value?.into())))
+        .collect();
+    if !rate.is_empty() {
+        body.insert("rate".into(), rate.into());
+    }
+    serde_json::Value::Object(body).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,6 +408,27 @@ mod tests {
             "postgres://u:***@h:5432/db"
         );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn limits_flags_make_the_contract_body() {
+        let body = limits_body(
+            Some(("50.00".into(), Some("day".into()), None)),
+            [
+                ("requests_per_minute", Some(600)),
+                ("tokens_per_minute", None),
+                ("concurrent_requests", Some(2)),
+            ],
+        );
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "budget": {"amount": "50.00", "period": "day"},
+                "rate": {"requests_per_minute": 600, "concurrent_requests": 2},
+            })
+        );
+        assert_eq!(limits_body(None, [("requests_per_minute", None); 3]), "{}");
     }
 
     #[test]

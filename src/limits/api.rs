@@ -1,5 +1,6 @@
 //! `/admin/limits/...` (admin token) and `GET /v1/key` (tenant key): limit
-//! settings with their live status (CONTRACT §8). Reads and writes go
+//! settings with their live status (CONTRACT §8). [`set`], [`remove`],
+//! [`status_of`] and [`statuses`] are shared with `tollgate limits`. Reads and writes go
 //! through [`super::store`]; a change here invalidates this replica's cached
 //! set of limited scopes at once (others reload it within a second).
 
@@ -12,6 +13,7 @@ use axum::Json;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use sqlx::PgPool;
 
 use super::body;
 use super::rate::{self, Bucket};
@@ -87,8 +89,8 @@ pub struct KeyLimits {
     pub tenant: Option<ScopeStatus>,
 }
 
-async fn status(state: &AppState, row: &LimitRow) -> Result<ScopeStatus, sqlx::Error> {
-    let mut conn = state.pool.acquire().await?;
+async fn status(pool: &PgPool, row: &LimitRow) -> Result<ScopeStatus, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
     let now = store::db_now(&mut conn).await?;
     let s = &row.settings;
     let period = s.budget.as_ref().map(|b| b.period);
@@ -137,23 +139,33 @@ async fn status(state: &AppState, row: &LimitRow) -> Result<ScopeStatus, sqlx::E
     })
 }
 
-async fn status_of(
-    state: &AppState,
+/// A scope's settings and live status; `None` without limits.
+pub async fn status_of(
+    pool: &PgPool,
     scope: Scope,
     id: &str,
 ) -> Result<Option<ScopeStatus>, ApiError> {
-    match store::get(&state.pool, scope, id).await? {
-        Some(row) => Ok(Some(status(state, &row).await?)),
+    match store::get(pool, scope, id).await? {
+        Some(row) => Ok(Some(status(pool, &row).await?)),
         None => Ok(None),
     }
 }
 
+/// Every scope with limits, with its live status.
+pub async fn statuses(pool: &PgPool) -> Result<Vec<ScopeStatus>, ApiError> {
+    let mut data = Vec::new();
+    for row in store::list(pool).await? {
+        data.push(status(pool, &row).await?);
+    }
+    Ok(data)
+}
+
 /// The tenant must be well-formed and known (it has had a key).
-async fn check_tenant(state: &AppState, tenant: &str) -> Result<(), ApiError> {
+async fn check_tenant(pool: &PgPool, tenant: &str) -> Result<(), ApiError> {
     let known = crate::auth::valid_tenant(tenant)
         && sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM tenants WHERE id = $1)")
             .bind(tenant)
-            .fetch_one(&state.pool)
+            .fetch_one(pool)
             .await?;
     if known {
         Ok(())
@@ -165,10 +177,10 @@ async fn check_tenant(state: &AppState, tenant: &str) -> Result<(), ApiError> {
     }
 }
 
-async fn check_key(state: &AppState, key_id: &str) -> Result<(), ApiError> {
+async fn check_key(pool: &PgPool, key_id: &str) -> Result<(), ApiError> {
     let known: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM api_keys WHERE id = $1)")
         .bind(key_id)
-        .fetch_one(&state.pool)
+        .fetch_one(pool)
         .await?;
     if known {
         Ok(())
@@ -177,11 +189,38 @@ async fn check_key(state: &AppState, key_id: &str) -> Result<(), ApiError> {
     }
 }
 
-async fn check_scope(state: &AppState, scope: Scope, id: &str) -> Result<(), ApiError> {
+async fn check_scope(pool: &PgPool, scope: Scope, id: &str) -> Result<(), ApiError> {
     match scope {
-        Scope::Tenant => check_tenant(state, id).await,
-        Scope::Key => check_key(state, id).await,
+        Scope::Tenant => check_tenant(pool, id).await,
+        Scope::Key => check_key(pool, id).await,
     }
+}
+
+/// Replaces a scope's limits with a CONTRACT §8 body: the one write path of
+/// the admin API and `tollgate limits set`. Nothing changes on error.
+pub async fn set(
+    pool: &PgPool,
+    scope: Scope,
+    id: &str,
+    bytes: &[u8],
+) -> Result<Option<ScopeStatus>, ApiError> {
+    let settings = body::parse(bytes)?;
+    check_scope(pool, scope, id).await?;
+    store::put(pool, scope, id, &settings).await?;
+    status_of(pool, scope, id).await
+}
+
+/// Removes a scope's limits; 404 when it had none.
+pub async fn remove(pool: &PgPool, scope: Scope, id: &str) -> Result<(), ApiError> {
+    if store::delete(pool, scope, id).await? {
+        Ok(())
+    } else {
+        Err(no_limits(scope, id))
+    }
+}
+
+fn no_limits(scope: Scope, id: &str) -> ApiError {
+    ApiError::not_found(format!("No limits are set for {} '{id}'.", scope.as_str()))
 }
 
 async fn put_limits(
@@ -192,11 +231,8 @@ async fn put_limits(
     bytes: &[u8],
 ) -> Result<Response, ApiError> {
     require_admin(state, headers)?;
-    let settings = body::parse(bytes)?;
-    check_scope(state, scope, id).await?;
-    store::put(&state.pool, scope, id, &settings).await?;
+    let status = set(&state.pool, scope, id, bytes).await?;
     state.limits.invalidate();
-    let status = status_of(state, scope, id).await?;
     Ok(Json(status).into_response())
 }
 
@@ -207,12 +243,9 @@ async fn get_limits(
     id: &str,
 ) -> Result<Response, ApiError> {
     require_admin(state, headers)?;
-    match status_of(state, scope, id).await? {
+    match status_of(&state.pool, scope, id).await? {
         Some(status) => Ok(Json(status).into_response()),
-        None => Err(ApiError::not_found(format!(
-            "No limits are set for {} '{id}'.",
-            scope.as_str()
-        ))),
+        None => Err(no_limits(scope, id)),
     }
 }
 
@@ -223,12 +256,7 @@ async fn delete_limits(
     id: &str,
 ) -> Result<Response, ApiError> {
     require_admin(state, headers)?;
-    if !store::delete(&state.pool, scope, id).await? {
-        return Err(ApiError::not_found(format!(
-            "No limits are set for {} '{id}'.",
-            scope.as_str()
-        )));
-    }
+    remove(&state.pool, scope, id).await?;
     state.limits.invalidate();
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -361,13 +389,9 @@ pub async fn list(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     require_admin(&state, &headers)?;
-    let mut data = Vec::new();
-    for row in store::list(&state.pool).await? {
-        data.push(status(&state, &row).await?);
-    }
     Ok(Json(LimitList {
         object: "list",
-        data,
+        data: statuses(&state.pool).await?,
     })
     .into_response())
 }
@@ -393,8 +417,8 @@ pub async fn key_status(
         .await?
         .unwrap_or_default();
     let limits = KeyLimits {
-        key: status_of(&state, Scope::Key, &principal.key_id).await?,
-        tenant: status_of(&state, Scope::Tenant, &principal.tenant).await?,
+        key: status_of(&state.pool, Scope::Key, &principal.key_id).await?,
+        tenant: status_of(&state.pool, Scope::Tenant, &principal.tenant).await?,
     };
     Ok(Json(KeyStatus {
         id: principal.key_id.to_string(),
