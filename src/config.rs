@@ -316,12 +316,33 @@ pub struct Config {
     pub mcp_allowed_hosts: HashMap<String, Vec<String>>,
     /// `[tools]`: offered tools the platform does not serve.
     pub tools: ToolsConfig,
+    /// `[limits]`: how spend control holds what it reserves.
+    pub limits: LimitsConfig,
     /// How often pending background responses are polled for their usage.
     pub background_poll_secs: u64,
     pub ledger: LedgerConfig,
     pub prices: PricesConfig,
     pub server: ServerConfig,
     pub database: DatabaseConfig,
+}
+
+/// `[limits]` (CONTRACT §8).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// How long a reservation holds without being renewed. The replica
+    /// serving a request renews it every third of this while the request is
+    /// open, so only the reservations of a replica that died lapse, this
+    /// long after it stopped renewing.
+    pub reservation_ttl_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            reservation_ttl_secs: 15 * 60,
+        }
+    }
 }
 
 /// What to do with an offered tool the platform does not serve
@@ -367,6 +388,7 @@ impl Default for Config {
             routes: Vec::new(),
             mcp_allowed_hosts: HashMap::new(),
             tools: ToolsConfig::default(),
+            limits: LimitsConfig::default(),
             background_poll_secs: 15,
             ledger: LedgerConfig::default(),
             prices: PricesConfig::default(),
@@ -545,6 +567,9 @@ impl Config {
                     ));
                 }
             }
+        }
+        if self.limits.reservation_ttl_secs < 3 {
+            return Err(invalid("limits.reservation_ttl_secs", "must be at least 3"));
         }
         if self.background_poll_secs == 0 {
             return Err(invalid("background_poll_secs", "must be at least 1"));

@@ -70,6 +70,7 @@ pub async fn build_state(
         pool,
     });
     spawn_price_reloader(&state);
+    crate::limits::renew::spawn(&state);
     crate::reconcile::spawn(&state);
     spawn_price_listener(&state);
     Ok((state, Background { writer }))

@@ -495,3 +495,41 @@ async fn tokens_per_minute_is_given_back_what_the_estimate_held_beyond_the_actua
     assert!(remaining >= 390, "{status}");
     gw.shutdown().await;
 }
+
+/// A stream longer than the reservation lifetime keeps its slot: the replica
+/// serving it renews the reservation while it is open (here a 3 s lifetime,
+/// renewed every second, and a 6 s stream).
+#[sqlx::test]
+async fn a_stream_longer_than_the_reservation_lifetime_keeps_its_slot(pool: PgPool) {
+    let gw = TestGateway::start_with(pool.clone(), |c| c.limits.reservation_ttl_secs = 3).await;
+    gw.set_price("gpt-5.5", gpt55_price()).await;
+    let key = gw.key("acme").await;
+    put_limits(
+        &gw,
+        "/admin/limits/tenants/acme",
+        json!({"rate": {"concurrent_requests": 1}}),
+    )
+    .await;
+    let long = json!({"model": "gpt-5.5", "input": "x", "stream": true,
+        "metadata": {"mock_usage": "10,0,10,0", "mock_deltas": "30", "mock_delay_ms": "200"}});
+    let stream = gw.create(&key, long).await;
+    assert_eq!(stream.status(), 200);
+    let reading = tokio::spawn(async move { stream.text().await.unwrap() });
+
+    // Twice the lifetime in: without renewal the hold would have lapsed.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert!(!reading.is_finished(), "the stream should still be open");
+    let second = gw.create(&key, known_cost_body()).await;
+    assert_eq!(second.status(), 429, "the open stream still holds the slot");
+    let (_, status) = get_key(&gw, &key).await;
+    assert_eq!(
+        status["limits"]["tenant"]["rate"]["concurrent_requests"]["remaining"],
+        0
+    );
+
+    assert!(reading.await.unwrap().contains("response.completed"));
+    settled(&gw, 2).await;
+    let third = gw.create(&key, known_cost_body()).await;
+    assert_eq!(third.status(), 200, "the slot comes back with the stream's row");
+    gw.shutdown().await;
+}

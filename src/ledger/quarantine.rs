@@ -82,6 +82,9 @@ async fn quarantine(pool: &PgPool, row: &LedgerRow, err: &sqlx::Error) -> Result
     .bind(raw)
     .execute(pool)
     .await?;
+    // Its spend is unknown to the ledger: the reservation is not released,
+    // only no longer renewed, so it keeps counting until it lapses.
+    crate::limits::renew::closed([row.request_id.as_str()]);
     Ok(())
 }
 

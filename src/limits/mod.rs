@@ -21,6 +21,7 @@ mod body;
 pub mod budget;
 pub mod estimate;
 pub mod rate;
+pub mod renew;
 pub mod store;
 
 use std::collections::HashSet;
@@ -39,9 +40,6 @@ use crate::state::AppState;
 pub use estimate::Estimate;
 use store::{BucketView, Refusal, Scope};
 
-/// How long a reservation holds without its row: longer than any request
-/// normally runs, short enough that a dead replica's holds come back.
-pub const RESERVATION_TTL: Duration = Duration::from_secs(15 * 60);
 /// How stale the cached set of limited scopes may be.
 const CACHE_FOR: Duration = Duration::from_secs(1);
 
@@ -226,7 +224,7 @@ pub async fn admit(
         tenant,
         key_id: key,
         estimate,
-        ttl: RESERVATION_TTL,
+        ttl: Duration::from_secs(state.config.limits.reservation_ttl_secs),
     };
     RESERVED_ANY.store(true, Ordering::Relaxed);
     let decided = {
@@ -234,10 +232,13 @@ pub async fn admit(
         store::admit(&state.pool, &ask).await?
     };
     match decided {
-        Ok(granted) => Ok(Admission {
+        Ok(granted) => {
+            renew::opened(&ctx.request_id);
+            Ok(Admission {
             requests: tightest(&granted.requests),
-            tokens: tightest(&granted.tokens),
-        }),
+                tokens: tightest(&granted.tokens),
+            })
+        }
         Err(refusal) => Err(refused(&refusal)),
     }
 }
@@ -267,13 +268,15 @@ fn refused(refusal: &Refusal) -> ApiError {
 
 /// Settlement hook of the ledger writer: releases the reservations of rows
 /// just stored. A background response stays reserved (its row is `queued`
-/// without a cost) until its reservation expires. A failure is logged: the
+/// without a cost, no longer renewed) until its reservation expires, one
+/// lifetime later. A failure is logged: the
 /// reservation then holds until it expires, which can only refuse, never
 /// overshoot.
 pub async fn settle_stored(pool: &PgPool, rows: &[LedgerRow]) {
     if !RESERVED_ANY.load(Ordering::Relaxed) {
         return;
     }
+    renew::closed(rows.iter().map(|r| r.request_id.as_str()));
     let settled: Vec<store::Settled<'_>> = rows
         .iter()
         .filter(|r| r.status != "queued")

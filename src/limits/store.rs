@@ -412,6 +412,25 @@ async fn check_scope(
     Ok(Ok(((rpm, tpm), (rpm_view, tpm_view))))
 }
 
+/// Extends the reservations of requests still open to `ttl` from now (the
+/// database's clock, as admission's); never shortens one.
+pub async fn extend(
+    pool: &PgPool,
+    request_ids: &[String],
+    ttl: std::time::Duration,
+) -> Result<(), sqlx::Error> {
+    let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1));
+    sqlx::query(
+        "UPDATE limit_reservations SET expires_at = greatest(expires_at, now() + $2)
+         WHERE request_id = ANY($1)",
+    )
+    .bind(request_ids)
+    .bind(ttl)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// What the ledger stored for one request, as settlement needs it.
 pub struct Settled<'a> {
     pub request_id: &'a str,

@@ -38,6 +38,10 @@ pub(crate) struct Stack {
     pub mock_base: String,
     pub gateway_base: String,
     pub key: String,
+    /// A key of tenant `bench-limited` whose key and tenant both carry every
+    /// kind of limit (set too high to refuse): its requests take the whole
+    /// admission and settlement path.
+    pub limited_key: String,
 }
 
 /// `sh -c 'ulimit -n 65536; exec …'` around `command` (no unsafe pre-exec).
@@ -128,14 +132,13 @@ impl Stack {
             .arg("import")
             .arg(root.join("config/prices.json"));
         run_once(import, "prices import").await?;
-        let mut create = tollgate_command(&bin, &root, &db.url);
-        create.args(["keys", "create", "--tenant", "bench"]);
-        let created = run_once(create, "keys create").await?;
-        let key = created
-            .lines()
-            .find_map(|l| l.strip_prefix("key:"))
-            .map(|k| k.trim().to_owned())
-            .context("`tollgate keys create` printed no `key:` line")?;
+        let (_, key) = create_key(&bin, &root, &db.url, "bench").await?;
+        let (limited_id, limited_key) = create_key(&bin, &root, &db.url, "bench-limited").await?;
+        for scope in [["--tenant", "bench-limited"], ["--key", limited_id.as_str()]] {
+            let mut set = tollgate_command(&bin, &root, &db.url);
+            set.args(["limits", "set"]).args(scope).args(NEVER_REFUSING_LIMITS);
+            run_once(set, "limits set").await?;
+        }
 
         let mock_base = format!("http://127.0.0.1:{mock_port}");
         let gateway_port = free_port()?;
@@ -176,6 +179,7 @@ impl Stack {
             mock_base,
             gateway_base,
             key,
+            limited_key,
         })
     }
 
@@ -219,6 +223,39 @@ impl Stack {
         self.children.kill_all();
         self.db.drop_now().await
     }
+}
+
+/// Every limit kind, each far above what a bench run can reach: a hard
+/// monthly budget, requests and tokens per minute, concurrency.
+const NEVER_REFUSING_LIMITS: [&str; 8] = [
+    "--budget",
+    "100000000",
+    "--requests-per-minute",
+    "1000000000",
+    "--tokens-per-minute",
+    "1000000000000",
+    "--concurrent-requests",
+    "100000",
+];
+
+/// `tollgate keys create`: the key's id and secret.
+async fn create_key(
+    bin: &std::path::Path,
+    root: &std::path::Path,
+    db_url: &str,
+    tenant: &str,
+) -> Result<(String, String)> {
+    let mut create = tollgate_command(bin, root, db_url);
+    create.args(["keys", "create", "--tenant", tenant]);
+    let created = run_once(create, "keys create").await?;
+    let field = |name: &str| {
+        created
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+            .with_context(|| format!("`tollgate keys create` printed no `{name}` line"))
+    };
+    Ok((field("id:")?, field("key:")?))
 }
 
 // ---------------------------------------------------------------------------
