@@ -396,6 +396,10 @@ pub async fn reprice(
         ));
     }
     let report = pricing::reprice::reprice(&state.pool, start, end, models.as_deref()).await?;
+    if report.priced > 0 {
+        // Spend rose: budget alerts may have been crossed.
+        state.alerts.touch_all();
+    }
     Ok(Json(serde_json::json!({
         "object": "reprice",
         "start_time": start.to_rfc3339(),
