@@ -125,7 +125,7 @@ fn filter(query: Option<&str>) -> Result<Filter, ApiError> {
 }
 
 /// Budget alert events, newest first, with their delivery attempts.
-#[utoipa::path(get, path = "/admin/alerts", tag = "admin", security(("admin" = [])),
+#[utoipa::path(get, path = "/admin/alerts", tag = "admin", operation_id = "list_alerts", security(("admin" = [])),
     params(
         ("limit" = Option<i64>, Query, description = "At most this many (1-1000, default 100).", minimum = 1, maximum = 1000),
         ("tenant" = Option<String>, Query, description = "Only this tenant's events (its own and its keys')."),
