@@ -54,7 +54,10 @@ pub(super) async fn run(
             alerts.touch_all();
             swept = Some(Instant::now());
         }
-        check_pending(&pool, &alerts).await;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = check_pending(&pool, &alerts) => {}
+        }
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(RELOAD_EVERY) => {}
@@ -72,7 +75,7 @@ async fn check_pending(pool: &PgPool, alerts: &Alerts) {
             Ok(new) => recorded += new,
             Err(err) => {
                 tracing::warn!(error = %err, "budget alert check deferred");
-                alerts.mark(pending[i..].to_vec());
+                alerts.requeue(&pending[i..]);
                 break;
             }
         }

@@ -117,6 +117,15 @@ impl Alerts {
         self.detect.notify_one();
     }
 
+    /// Puts scopes back without waking the detector (their check failed;
+    /// it is retried on the detector's next tick, not in a tight loop).
+    fn requeue(&self, scopes: &[(Scope, String)]) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(scopes.iter().cloned());
+    }
+
     fn take_pending(&self) -> Vec<(Scope, String)> {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.drain().collect()
