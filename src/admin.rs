@@ -193,6 +193,7 @@ pub async fn list_keys(
     params(("id" = String, Path, description = "Key id.")),
     responses(
         (status = 200, description = "The revoked key.", body = crate::auth::KeyInfo),
+        (status = 400, description = "A malformed id (over 64 characters or with control characters), named in `param`.", body = crate::error::Envelope),
         (status = 401, description = "Missing or wrong admin token.", body = crate::error::Envelope),
         (status = 403, description = "The admin API is disabled (no admin token configured).", body = crate::error::Envelope),
         (status = 503, description = "The database is unavailable.", body = crate::error::Envelope),
@@ -396,6 +397,10 @@ pub async fn reprice(
         ));
     }
     let report = pricing::reprice::reprice(&state.pool, start, end, models.as_deref()).await?;
+    if report.priced > 0 {
+        // Spend rose: budget alerts may have been crossed.
+        state.alerts.touch_all();
+    }
     Ok(Json(serde_json::json!({
         "object": "reprice",
         "start_time": start.to_rfc3339(),

@@ -186,7 +186,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 Command::Keys { command } => keys(&pool, command).await,
                 Command::Prices { command } => prices(&pool, command).await,
-                Command::Limits { command } => limits_command(&pool, command).await,
+                Command::Limits { command } => limits_command(&pool, &config, command).await,
                 Command::MockUpstream { .. } | Command::Demo { .. } => Ok(()),
             }
         }
@@ -319,7 +319,11 @@ async fn prices(pool: &sqlx::PgPool, command: PricesCommand) -> anyhow::Result<(
     Ok(())
 }
 
-async fn limits_command(pool: &sqlx::PgPool, command: LimitsCommand) -> anyhow::Result<()> {
+async fn limits_command(
+    pool: &sqlx::PgPool,
+    config: &Config,
+    command: LimitsCommand,
+) -> anyhow::Result<()> {
     let printed = match command {
         LimitsCommand::Set {
             scope,
@@ -343,7 +347,9 @@ async fn limits_command(pool: &sqlx::PgPool, command: LimitsCommand) -> anyhow::
                 ),
             };
             let (scope, id) = scope.split();
-            serde_json::to_value(limits::api::set(pool, scope, id, body.as_bytes()).await?)?
+            let can_sign = !config.alerts.signing_secret.is_empty();
+            let (status, _) = limits::api::set(pool, scope, id, body.as_bytes(), can_sign).await?;
+            serde_json::to_value(status)?
         }
         LimitsCommand::Show { tenant, key } => {
             let wanted = match (tenant, key) {

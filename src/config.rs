@@ -280,6 +280,41 @@ impl Default for DatabaseConfig {
     }
 }
 
+/// Budget threshold alerts (`[alerts]`, CONTRACT §8): how their webhooks
+/// are signed and retried. See README "Spend control".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// The HMAC-SHA256 key of `x-tollgate-signature` (`env:NAME` allowed;
+    /// `TOLLGATE_ALERTS_SECRET` overrides). Empty: alerts cannot be set
+    /// (422) and this replica delivers none.
+    pub signing_secret: Secret,
+    /// The first retry's delay; each further one doubles, up to
+    /// `retry_max_secs`.
+    pub retry_base_ms: u64,
+    pub retry_max_secs: u64,
+    /// One delivery attempt at most (connect, send, response headers).
+    pub request_timeout_secs: u64,
+    /// How often every alerting scope is checked even without new ledger
+    /// rows (the safety net for a crossing a replica died before checking).
+    pub sweep_secs: u64,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            signing_secret: Secret::default(),
+            retry_base_ms: 1_000,
+            retry_max_secs: 300,
+            request_timeout_secs: 10,
+            sweep_secs: 60,
+        }
+    }
+}
+
+/// A signing secret shorter than this is refused at start.
+pub const MIN_ALERTS_SECRET: usize = 16;
+
 /// An extra admin token with a label; the label is what the audit trail
 /// (`created_by` of price versions) records for changes made with it.
 #[derive(Debug, Clone, Deserialize)]
@@ -324,6 +359,7 @@ pub struct Config {
     pub prices: PricesConfig,
     pub server: ServerConfig,
     pub database: DatabaseConfig,
+    pub alerts: AlertsConfig,
 }
 
 /// `[limits]` (CONTRACT §8).
@@ -394,6 +430,7 @@ impl Default for Config {
             prices: PricesConfig::default(),
             server: ServerConfig::default(),
             database: DatabaseConfig::default(),
+            alerts: AlertsConfig::default(),
         }
     }
 }
@@ -450,6 +487,9 @@ impl Config {
         if let Some(v) = env.var("TOLLGATE_SPOOL_DIR") {
             self.ledger.spool_dir = PathBuf::from(v);
         }
+        if let Some(v) = env.var("TOLLGATE_ALERTS_SECRET") {
+            self.alerts.signing_secret = Secret::new(v);
+        }
         let url = env.var("TOLLGATE_UPSTREAM_URL");
         let key = env.var("TOLLGATE_UPSTREAM_KEY");
         let kind = env.var("TOLLGATE_UPSTREAM_KIND");
@@ -494,6 +534,8 @@ impl Config {
         for (i, upstream) in self.upstreams.iter_mut().enumerate() {
             upstream.key = resolve_secret(&upstream.key, &format!("upstreams[{i}].key"), env)?;
         }
+        self.alerts.signing_secret =
+            resolve_secret(&self.alerts.signing_secret, "alerts.signing_secret", env)?;
         Ok(())
     }
 
@@ -619,6 +661,33 @@ impl Config {
                 "database.export_max_secs",
                 "must be at least database.export_stall_secs",
             ));
+        }
+        self.validate_alerts()
+    }
+
+    fn validate_alerts(&self) -> Result<(), ConfigError> {
+        let a = &self.alerts;
+        let secret = a.signing_secret.expose();
+        if !secret.is_empty() && secret.len() < MIN_ALERTS_SECRET {
+            return Err(invalid(
+                "alerts.signing_secret",
+                format!("must be at least {MIN_ALERTS_SECRET} bytes (or unset)"),
+            ));
+        }
+        if !(1..=3_600).contains(&a.retry_max_secs) {
+            return Err(invalid("alerts.retry_max_secs", "must be 1-3600"));
+        }
+        if a.retry_base_ms == 0 || a.retry_base_ms > a.retry_max_secs.saturating_mul(1_000) {
+            return Err(invalid(
+                "alerts.retry_base_ms",
+                "must be at least 1 and at most alerts.retry_max_secs",
+            ));
+        }
+        if !(1..=60).contains(&a.request_timeout_secs) {
+            return Err(invalid("alerts.request_timeout_secs", "must be 1-60"));
+        }
+        if a.sweep_secs == 0 {
+            return Err(invalid("alerts.sweep_secs", "must be at least 1"));
         }
         Ok(())
     }
@@ -826,6 +895,49 @@ mod tests {
             Config::from_toml("[[admin_tokens]]\nlabel = \"a\"\ntoken = \"t\"\nrole = \"x\"")
                 .is_err()
         );
+    }
+
+    #[test]
+    fn the_alerts_secret_comes_from_the_file_or_the_env_and_is_never_shown() {
+        let text = "[alerts]\nsigning_secret = \"env:HOOK_KEY\"\nretry_base_ms = 50\n";
+        let mut config = Config::from_toml(text).unwrap();
+        config
+            .apply_env(&env(&[("HOOK_KEY", "0123456789abcdef-file")]))
+            .unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            config.alerts.signing_secret.expose(),
+            "0123456789abcdef-file"
+        );
+        assert_eq!(config.alerts.retry_base_ms, 50);
+        assert!(!format!("{config:?}").contains("0123456789abcdef"));
+
+        let mut config = Config::from_toml(text).unwrap();
+        config
+            .apply_env(&env(&[("TOLLGATE_ALERTS_SECRET", "0123456789abcdef-env")]))
+            .unwrap();
+        assert_eq!(
+            config.alerts.signing_secret.expose(),
+            "0123456789abcdef-env"
+        );
+
+        for (toml, field) in [
+            (
+                "[alerts]\nsigning_secret = \"short\"",
+                "alerts.signing_secret",
+            ),
+            ("[alerts]\nretry_base_ms = 0", "alerts.retry_base_ms"),
+            ("[alerts]\nretry_max_secs = 0", "alerts.retry_max_secs"),
+            (
+                "[alerts]\nrequest_timeout_secs = 0",
+                "alerts.request_timeout_secs",
+            ),
+            ("[alerts]\nsweep_secs = 0", "alerts.sweep_secs"),
+        ] {
+            let err = Config::from_toml(toml).unwrap().validate().unwrap_err();
+            assert!(err.to_string().contains(field), "{toml} -> {err}");
+        }
+        assert!(Config::from_toml("[alerts]\nsecret = \"x\"").is_err());
     }
 
     #[test]

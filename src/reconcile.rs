@@ -38,7 +38,11 @@ pub fn spawn(state: &Arc<AppState>) {
             let Some(state) = weak.upgrade() else { return };
             match settle_pending(&state).await {
                 Ok(0) => {}
-                Ok(settled) => tracing::info!(settled, "background responses settled"),
+                Ok(settled) => {
+                    tracing::info!(settled, "background responses settled");
+                    // Their costs landed outside the writer: budget alerts.
+                    state.alerts.touch_all();
+                }
                 Err(err) => tracing::warn!(error = %err, "background reconciliation deferred"),
             }
         }

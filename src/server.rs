@@ -1,6 +1,6 @@
 //! Starts and stops a gateway: builds the [`AppState`], starts its
 //! background loops (ledger writer, price listener and reloader, background
-//! response reconciler), binds the listening socket and runs the shutdown
+//! response reconciler, budget alert detection and delivery), binds the listening socket and runs the shutdown
 //! sequence.
 //!
 //! Connections are accepted by our own loop ([`accept`]) and served one task
@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::ledger::{spawn_writer, spool::Spool};
+use crate::ledger::{spawn_watched_writer, spool::Spool};
 use crate::pricing::notify::{self, Reloaded};
 use crate::pricing::PriceBook;
 use crate::proxy::route::Routes;
@@ -53,7 +53,9 @@ pub async fn build_state(
     })?;
     let side = crate::state::side_pools(&pool, &config.database);
     // The writer's own connections: no report or export can take them.
-    let (ledger, writer) = spawn_writer(side.ledger, spool, config.ledger.batching());
+    let alerts = Arc::<crate::limits::alerts::Alerts>::default();
+    let (ledger, writer) =
+        spawn_watched_writer(side.ledger, spool, config.ledger.batching(), alerts.clone());
     let state = Arc::new(AppState {
         auth: Authenticator::new(pool.clone()),
         reports_pool: side.reports,
@@ -62,6 +64,7 @@ pub async fn build_state(
         prices,
         ledger,
         limits: Default::default(),
+        alerts,
         routes,
         tasks: TaskTracker::new(),
         shutdown: CancellationToken::new(),
@@ -72,6 +75,7 @@ pub async fn build_state(
     spawn_price_reloader(&state);
     crate::limits::renew::spawn(&state);
     crate::reconcile::spawn(&state);
+    crate::limits::alerts::spawn(&state);
     spawn_price_listener(&state);
     Ok((state, Background { writer }))
 }

@@ -39,6 +39,9 @@ pub struct AppState {
     pub ledger: LedgerHandle,
     /// Which scopes have limits (spend control; see [`crate::limits`]).
     pub limits: crate::limits::Limits,
+    /// Which scopes have budget alerts, and what waits for a check (shared
+    /// with the ledger writer; see [`crate::limits::alerts`]).
+    pub alerts: Arc<crate::limits::alerts::Alerts>,
     pub routes: Routes,
     /// Work that must finish before exit (drains of abandoned streams).
     pub tasks: TaskTracker,

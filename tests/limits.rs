@@ -530,6 +530,10 @@ async fn a_stream_longer_than_the_reservation_lifetime_keeps_its_slot(pool: PgPo
     assert!(reading.await.unwrap().contains("response.completed"));
     settled(&gw, 2).await;
     let third = gw.create(&key, known_cost_body()).await;
-    assert_eq!(third.status(), 200, "the slot comes back with the stream's row");
+    assert_eq!(
+        third.status(),
+        200,
+        "the slot comes back with the stream's row"
+    );
     gw.shutdown().await;
 }

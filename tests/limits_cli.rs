@@ -127,7 +127,7 @@ async fn bad_limits_are_refused_naming_the_field_and_change_nothing(pool: PgPool
         .unwrap();
     printed(&limits(&pool, &["set", "--tenant", "acme", "--budget", "10"]).await);
 
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &["set", "--tenant", "acme", "--budget", "-1"],
             "budget.amount",
@@ -157,6 +157,17 @@ async fn bad_limits_are_refused_naming_the_field_and_change_nothing(pool: PgPool
             "budget.amount",
         ),
         (&["set", "--tenant", "nobody", "--budget", "5"], "tenant"),
+        // Alerts need a signing secret, which this gateway's config lacks.
+        (
+            &[
+                "set",
+                "--tenant",
+                "acme",
+                "--body",
+                r#"{"budget": {"amount": "5"}, "alerts": {"thresholds": ["0.5"], "webhook_url": "https://hooks.example/t"}}"#,
+            ],
+            "alerts",
+        ),
     ];
     for (args, field) in cases {
         let stderr = failed(&limits(&pool, args).await);

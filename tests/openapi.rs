@@ -34,6 +34,8 @@ const OWNED: &[(&str, &str)] = &[
     ("post", "/admin/prices/import"),
     ("post", "/admin/reprice"),
     ("get", "/admin/ledger/quarantine"),
+    ("get", "/admin/limits"),
+    ("get", "/admin/alerts"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -86,6 +88,19 @@ async fn the_document_is_valid_and_the_gateway_keeps_it(pool: PgPool) {
         assert_eq!(r.status(), 200);
     }
     gw.rows(2).await;
+    // One pending and one delivered alert event, so `GET /admin/alerts`
+    // answers with rows to check against the document.
+    sqlx::query(
+        "INSERT INTO alert_events (id, scope_kind, scope_id, tenant_id, api_key_id, period,
+            period_start, threshold, amount, spent, webhook_url, attempts, delivered_at, last_error)
+         VALUES ('evt_a', 'tenant', 'acme', 'acme', NULL, 'month', '2026-05-01Z', 0.5, 10, 5.25,
+                 'https://hooks.example/t', 2, now(), 'HTTP 500'),
+                ('evt_b', 'key', 'key_x', 'acme', 'key_x', 'total', '1970-01-01Z', 1, 10, 10,
+                 'https://hooks.example/t', 0, NULL, NULL)",
+    )
+    .execute(&gw.pool)
+    .await
+    .unwrap();
 
     let response = gw.http.get(gw.url("/openapi.json")).send().await.unwrap();
     assert_eq!(response.status(), 200);

@@ -84,6 +84,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/reprice", post(admin::reprice))
         .route("/admin/ledger/quarantine", get(admin::list_quarantine))
         .route("/admin/limits", get(limits::api::list))
+        .route("/admin/alerts", get(limits::alerts::api::list))
         .route(
             "/admin/limits/tenants/{tenant}",
             put(limits::api::put_tenant)

@@ -19,7 +19,9 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-pub use writer::{spawn_writer, Batching, CapturedRows, LedgerHandle, LedgerStats};
+pub use writer::{
+    spawn_watched_writer, spawn_writer, Batching, CapturedRows, LedgerHandle, LedgerStats,
+};
 
 /// How a request ended (CONTRACT §5 `status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

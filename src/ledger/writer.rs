@@ -12,6 +12,7 @@ use super::owners::{Owner, RecentResponses, CREATING_ENDPOINTS};
 use super::quarantine::{insert_isolating, Stored};
 use super::spool::Spool;
 use super::LedgerRow;
+use crate::limits::alerts::Alerts;
 
 enum Message {
     Row(Box<LedgerRow>),
@@ -145,6 +146,17 @@ pub fn spawn_writer(
     spool: Spool,
     batching: Batching,
 ) -> (LedgerHandle, JoinHandle<()>) {
+    spawn_watched_writer(pool, spool, batching, Arc::default())
+}
+
+/// As [`spawn_writer`], telling `alerts` about every batch it stores (budget
+/// threshold alerts; an in-memory lookup per row).
+pub fn spawn_watched_writer(
+    pool: PgPool,
+    spool: Spool,
+    batching: Batching,
+    alerts: Arc<Alerts>,
+) -> (LedgerHandle, JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let stats = Arc::new(LedgerStats::default());
     stats
@@ -157,6 +169,7 @@ pub fn spawn_writer(
         linger: batching.linger,
         stats: stats.clone(),
         database_down: false,
+        alerts,
     };
     #[allow(clippy::disallowed_methods)] // the writer is awaited by serve's shutdown sequence
     let task = tokio::spawn(writer.run(rx));
@@ -200,6 +213,8 @@ struct Writer {
     /// batches go straight to the spool instead of waiting on connection
     /// timeouts with the rows only in memory.
     database_down: bool,
+    /// Told what was stored (after the insert, like limit settlement).
+    alerts: Arc<Alerts>,
 }
 
 const REPLAY_EVERY: Duration = Duration::from_secs(1);
@@ -286,7 +301,10 @@ impl Writer {
             insert_isolating(&self.pool, &rows).await
         };
         match inserted {
-            Ok(stored) => self.stats.stored(stored),
+            Ok(stored) => {
+                self.stats.stored(stored);
+                self.alerts.stored(&rows);
+            }
             Err(err) => {
                 if !self.database_down {
                     self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -315,6 +333,7 @@ impl Writer {
             tokio::time::sleep(delay).await;
             if let Ok(stored) = insert_isolating(&self.pool, &rows).await {
                 self.stats.stored(stored);
+                self.alerts.stored(&rows);
                 return;
             }
             delay = (delay * 2).min(Duration::from_secs(5));
@@ -335,14 +354,17 @@ impl Writer {
         // A spooled row the database refuses is quarantined like a live one:
         // replay can never stick on it.
         let quarantined = Arc::new(AtomicU64::new(0));
+        let alerts = self.alerts.clone();
         let result = self
             .spool
             .replay(|rows| {
-                let (pool, quarantined) = (pool.clone(), quarantined.clone());
+                let (pool, quarantined, alerts) =
+                    (pool.clone(), quarantined.clone(), alerts.clone());
                 async move {
                     for chunk in rows.chunks(batch_max) {
                         let stored = insert_isolating(&pool, chunk).await?;
                         quarantined.fetch_add(stored.quarantined, Ordering::Relaxed);
+                        alerts.stored(chunk);
                     }
                     Ok::<_, sqlx::Error>(())
                 }

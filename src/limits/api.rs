@@ -2,7 +2,9 @@
 //! settings with their live status (CONTRACT §8). [`set`], [`remove`],
 //! [`status_of`] and [`statuses`] are shared with `tollgate limits`. Reads and writes go
 //! through [`super::store`]; a change here invalidates this replica's cached
-//! set of limited scopes at once (others reload it within a second).
+//! set of limited scopes at once (others reload it within a second), and
+//! reloads its set of alerting scopes. A webhook URL is admin data: `GET
+//! /v1/key` shows a scope's alert thresholds, never its URL.
 
 use std::sync::Arc;
 
@@ -30,6 +32,18 @@ pub struct ScopeStatus {
     pub id: String,
     pub budget: Option<BudgetStatus>,
     pub rate: RateStatus,
+    /// Budget threshold alerts; null when none are set.
+    pub alerts: Option<AlertsStatus>,
+}
+
+/// A scope's alert settings.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AlertsStatus {
+    /// Fractions of the budget amount, ascending (decimal strings).
+    pub thresholds: Vec<String>,
+    /// Where the events go. Admin answers only: absent in `GET /v1/key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
 }
 
 /// Amounts are decimal strings in the ledger's currency.
@@ -136,6 +150,10 @@ async fn status(pool: &PgPool, row: &LimitRow) -> Result<ScopeStatus, sqlx::Erro
                 reset_seconds: 0,
             }),
         },
+        alerts: s.alerts.as_ref().map(|a| AlertsStatus {
+            thresholds: a.thresholds.iter().map(ToString::to_string).collect(),
+            webhook_url: Some(a.webhook_url.clone()),
+        }),
     })
 }
 
@@ -198,16 +216,26 @@ async fn check_scope(pool: &PgPool, scope: Scope, id: &str) -> Result<(), ApiErr
 
 /// Replaces a scope's limits with a CONTRACT §8 body: the one write path of
 /// the admin API and `tollgate limits set`. Nothing changes on error.
+/// Alerts need a gateway that can sign webhooks (`can_sign`). Also says
+/// whether the scope now has alerts.
 pub async fn set(
     pool: &PgPool,
     scope: Scope,
     id: &str,
     bytes: &[u8],
-) -> Result<Option<ScopeStatus>, ApiError> {
+    can_sign: bool,
+) -> Result<(Option<ScopeStatus>, bool), ApiError> {
     let settings = body::parse(bytes)?;
+    if settings.alerts.is_some() && !can_sign {
+        return Err(ApiError::unprocessable(
+            "alerts",
+            "This gateway has no alerts signing secret ([alerts] signing_secret or \
+             TOLLGATE_ALERTS_SECRET): webhooks are signed, so alerts cannot be set.",
+        ));
+    }
     check_scope(pool, scope, id).await?;
     store::put(pool, scope, id, &settings).await?;
-    status_of(pool, scope, id).await
+    Ok((status_of(pool, scope, id).await?, settings.alerts.is_some()))
 }
 
 /// Removes a scope's limits; 404 when it had none.
@@ -231,9 +259,22 @@ async fn put_limits(
     bytes: &[u8],
 ) -> Result<Response, ApiError> {
     require_admin(state, headers)?;
-    let status = set(&state.pool, scope, id, bytes).await?;
-    state.limits.invalidate();
+    let can_sign = !state.config.alerts.signing_secret.is_empty();
+    let (status, alerting) = set(&state.pool, scope, id, bytes, can_sign).await?;
+    changed(state).await;
+    if alerting {
+        // Spend may already be past a threshold.
+        state.alerts.touch(scope, id);
+    }
     Ok(Json(status).into_response())
+}
+
+/// This replica's caches follow a change at once.
+async fn changed(state: &AppState) {
+    state.limits.invalidate();
+    if let Err(err) = state.alerts.reload(&state.pool).await {
+        tracing::warn!(error = %err, "alerting scopes not reloaded; the detector retries within a second");
+    }
 }
 
 async fn get_limits(
@@ -257,14 +298,14 @@ async fn delete_limits(
 ) -> Result<Response, ApiError> {
     require_admin(state, headers)?;
     remove(&state.pool, scope, id).await?;
-    state.limits.invalidate();
+    changed(state).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Sets (replaces) a tenant's limits.
 #[utoipa::path(put, path = "/admin/limits/tenants/{tenant}", tag = "admin", security(("admin" = [])),
     params(("tenant" = String, Path, description = "Tenant id.")),
-    request_body(content = serde_json::Value, description = "CONTRACT §8 limits body: `budget` {amount (decimal string), period, mode}, `rate` {requests_per_minute, tokens_per_minute, concurrent_requests}."),
+    request_body(content = serde_json::Value, description = "CONTRACT §8 limits body: `budget` {amount (decimal string), period, mode}, `rate` {requests_per_minute, tokens_per_minute, concurrent_requests}, `alerts` {thresholds (1-10 decimal strings in (0, 10]), webhook_url (http or https, at most 2048 characters)}; `alerts` needs a `budget` and a gateway with a signing secret."),
     responses(
         (status = 200, description = "The limits and their live status.", body = ScopeStatus),
         (status = 400, description = "The body is not JSON.", body = crate::error::Envelope),
@@ -416,10 +457,15 @@ pub async fn key_status(
         .fetch_optional(&state.pool)
         .await?
         .unwrap_or_default();
-    let limits = KeyLimits {
+    let mut limits = KeyLimits {
         key: status_of(&state.pool, Scope::Key, &principal.key_id).await?,
         tenant: status_of(&state.pool, Scope::Tenant, &principal.tenant).await?,
     };
+    for scope in [&mut limits.key, &mut limits.tenant].into_iter().flatten() {
+        if let Some(alerts) = &mut scope.alerts {
+            alerts.webhook_url = None;
+        }
+    }
     Ok(Json(KeyStatus {
         id: principal.key_id.to_string(),
         tenant: principal.tenant.to_string(),

@@ -5,8 +5,9 @@
 //! admission ([`admit`], one call on the request path between validation and
 //! routing), settlement ([`settle_stored`], called by the ledger writer once
 //! a batch of rows is stored), the status reads and the `/admin/limits` and
-//! `/v1/key` handlers ([`api`]). It never forwards, prices or writes ledger
-//! rows.
+//! `/v1/key` handlers ([`api`]), and budget threshold alerts ([`alerts`]:
+//! the outbox, its webhook delivery and `/admin/alerts`). It never forwards,
+//! prices or writes ledger rows.
 //!
 //! Exactness comes from the database alone: admission locks the scope rows
 //! and decides from the ledger's own sum plus the open reservations, so N
@@ -16,6 +17,7 @@
 //! database call: the set of limited scopes is cached in memory and reloaded
 //! at most once a second (and at once on this replica after an admin change).
 
+pub mod alerts;
 pub mod api;
 mod body;
 pub mod budget;
@@ -235,7 +237,7 @@ pub async fn admit(
         Ok(granted) => {
             renew::opened(&ctx.request_id);
             Ok(Admission {
-            requests: tightest(&granted.requests),
+                requests: tightest(&granted.requests),
                 tokens: tightest(&granted.tokens),
             })
         }

@@ -31,7 +31,7 @@ impl Scope {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    pub fn parse(s: &str) -> Option<Self> {
         match s {
             "tenant" => Some(Self::Tenant),
             "key" => Some(Self::Key),
@@ -55,6 +55,14 @@ pub struct BudgetSetting {
     pub mode: Mode,
 }
 
+/// Budget threshold alerts: fractions of the budget amount (sorted,
+/// distinct, normalized) and where their events go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertSetting {
+    pub thresholds: Vec<Decimal>,
+    pub webhook_url: String,
+}
+
 /// What an admin sets for one scope.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settings {
@@ -62,6 +70,8 @@ pub struct Settings {
     pub requests_per_minute: Option<i64>,
     pub tokens_per_minute: Option<i64>,
     pub concurrent_requests: Option<i64>,
+    /// Only with a budget (the thresholds are fractions of its amount).
+    pub alerts: Option<AlertSetting>,
 }
 
 /// One `limits` row: settings plus bucket state.
@@ -88,6 +98,8 @@ struct RawRow {
     rpm_level: Decimal,
     tpm_level: Decimal,
     bucket_at: Option<DateTime<Utc>>,
+    alert_thresholds: Option<Vec<Decimal>>,
+    alert_webhook_url: Option<String>,
 }
 
 impl RawRow {
@@ -100,6 +112,13 @@ impl RawRow {
             }),
             _ => None,
         };
+        let alerts = match (self.alert_thresholds, self.alert_webhook_url) {
+            (Some(thresholds), Some(webhook_url)) => Some(AlertSetting {
+                thresholds: thresholds.into_iter().map(|t| t.normalize()).collect(),
+                webhook_url,
+            }),
+            _ => None,
+        };
         Some(LimitRow {
             scope: Scope::parse(&self.scope_kind)?,
             id: self.scope_id,
@@ -108,6 +127,7 @@ impl RawRow {
                 requests_per_minute: self.requests_per_minute,
                 tokens_per_minute: self.tokens_per_minute,
                 concurrent_requests: self.concurrent_requests,
+                alerts,
             },
             rpm_level: self.rpm_level,
             tpm_level: self.tpm_level,
@@ -117,11 +137,19 @@ impl RawRow {
 }
 
 const COLUMNS: &str = "scope_kind, scope_id, budget_amount, budget_period, budget_mode,
-    requests_per_minute, tokens_per_minute, concurrent_requests, rpm_level, tpm_level, bucket_at";
+    requests_per_minute, tokens_per_minute, concurrent_requests, rpm_level, tpm_level, bucket_at,
+    alert_thresholds, alert_webhook_url";
 
 /// Every limited scope, for the in-memory "who has limits" set.
 pub async fn scopes(pool: &PgPool) -> Result<Vec<(String, String)>, sqlx::Error> {
     sqlx::query_as("SELECT scope_kind, scope_id FROM limits")
+        .fetch_all(pool)
+        .await
+}
+
+/// Every scope with alerts, for the in-memory "who has alerts" set.
+pub async fn alerting_scopes(pool: &PgPool) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT scope_kind, scope_id FROM limits WHERE alert_thresholds IS NOT NULL")
         .fetch_all(pool)
         .await
 }
@@ -150,15 +178,19 @@ pub async fn list(pool: &PgPool) -> Result<Vec<LimitRow>, sqlx::Error> {
 /// applies from its own allowance.
 pub async fn put(pool: &PgPool, scope: Scope, id: &str, s: &Settings) -> Result<(), sqlx::Error> {
     let budget = s.budget.as_ref();
+    let alerts = s.alerts.as_ref();
     sqlx::query(
         "INSERT INTO limits (scope_kind, scope_id, budget_amount, budget_period, budget_mode,
-            requests_per_minute, tokens_per_minute, concurrent_requests, rpm_level, tpm_level, bucket_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 0, NULL, now())
+            requests_per_minute, tokens_per_minute, concurrent_requests, rpm_level, tpm_level, bucket_at,
+            alert_thresholds, alert_webhook_url, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 0, NULL, $9, $10, now())
          ON CONFLICT (scope_kind, scope_id) DO UPDATE SET
             budget_amount = EXCLUDED.budget_amount, budget_period = EXCLUDED.budget_period,
             budget_mode = EXCLUDED.budget_mode, requests_per_minute = EXCLUDED.requests_per_minute,
             tokens_per_minute = EXCLUDED.tokens_per_minute,
             concurrent_requests = EXCLUDED.concurrent_requests,
+            alert_thresholds = EXCLUDED.alert_thresholds,
+            alert_webhook_url = EXCLUDED.alert_webhook_url,
             rpm_level = 0, tpm_level = 0, bucket_at = NULL, updated_at = now()",
     )
     .bind(scope.as_str())
@@ -169,6 +201,8 @@ pub async fn put(pool: &PgPool, scope: Scope, id: &str, s: &Settings) -> Result<
     .bind(s.requests_per_minute)
     .bind(s.tokens_per_minute)
     .bind(s.concurrent_requests)
+    .bind(alerts.map(|a| a.thresholds.clone()))
+    .bind(alerts.map(|a| a.webhook_url.as_str()))
     .execute(pool)
     .await?;
     Ok(())
@@ -195,8 +229,9 @@ pub struct Live {
     pub overrun: Decimal,
 }
 
-/// Where `total` starts: before any row.
-fn since(period: Option<Period>, now: DateTime<Utc>) -> DateTime<Utc> {
+/// Where the period containing `now` starts; `total` starts before any row
+/// (1970-01-01).
+pub fn since(period: Option<Period>, now: DateTime<Utc>) -> DateTime<Utc> {
     period
         .and_then(|p| p.start(now))
         .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)

@@ -33,6 +33,9 @@ pub const ROWS_QUEUED: &str = "tollgate_ledger_rows_queued";
 pub const ROWS_QUARANTINED: &str = "tollgate_ledger_rows_quarantined_total";
 pub const WRITE_ERRORS: &str = "tollgate_ledger_write_errors_total";
 pub const LIMIT_REJECTIONS: &str = "tollgate_limit_rejections_total";
+pub const ALERTS_RECORDED: &str = "tollgate_alerts_recorded_total";
+pub const ALERTS_DELIVERED: &str = "tollgate_alerts_delivered_total";
+pub const ALERT_DELIVERY_FAILURES: &str = "tollgate_alerts_delivery_failures_total";
 
 /// Latency buckets, seconds: sub-millisecond gateway work up to the
 /// five-minute request timeout.
@@ -103,6 +106,18 @@ fn describe() {
     describe_counter!(
         LIMIT_REJECTIONS,
         "Requests refused by a budget or rate limit, by scope and reason."
+    );
+    describe_counter!(
+        ALERTS_RECORDED,
+        "Budget threshold crossings this replica recorded in the outbox."
+    );
+    describe_counter!(
+        ALERTS_DELIVERED,
+        "Budget alert events this replica delivered (answered 2xx)."
+    );
+    describe_counter!(
+        ALERT_DELIVERY_FAILURES,
+        "Budget alert delivery attempts that failed (retried with backoff)."
     );
 }
 
@@ -193,6 +208,21 @@ pub fn record_upstream(upstream: &str, elapsed: Duration) {
 /// budget, requests, tokens, concurrency).
 pub fn record_limit_rejection(scope: &'static str, reason: &'static str) {
     metrics::counter!(LIMIT_REJECTIONS, "scope" => scope, "reason" => reason).increment(1);
+}
+
+/// Budget alert events newly recorded (one per crossed threshold).
+pub fn record_alerts_recorded(events: u64) {
+    metrics::counter!(ALERTS_RECORDED).increment(events);
+}
+
+/// One alert delivery attempt: answered 2xx, or failed (to be retried).
+pub fn record_alert_delivery(delivered: bool) {
+    let name = if delivered {
+        ALERTS_DELIVERED
+    } else {
+        ALERT_DELIVERY_FAILURES
+    };
+    metrics::counter!(name).increment(1);
 }
 
 /// Publishes the writer's counters; called when `/metrics` is scraped.

@@ -134,9 +134,14 @@ impl Stack {
         run_once(import, "prices import").await?;
         let (_, key) = create_key(&bin, &root, &db.url, "bench").await?;
         let (limited_id, limited_key) = create_key(&bin, &root, &db.url, "bench-limited").await?;
-        for scope in [["--tenant", "bench-limited"], ["--key", limited_id.as_str()]] {
+        for scope in [
+            ["--tenant", "bench-limited"],
+            ["--key", limited_id.as_str()],
+        ] {
             let mut set = tollgate_command(&bin, &root, &db.url);
-            set.args(["limits", "set"]).args(scope).args(NEVER_REFUSING_LIMITS);
+            set.args(["limits", "set"])
+                .args(scope)
+                .args(NEVER_REFUSING_LIMITS);
             run_once(set, "limits set").await?;
         }
 
