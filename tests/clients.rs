@@ -785,6 +785,9 @@ async fn codex_cli(pool: PgPool) {
     let straight = suite.direct.requests();
     let sent = suite.gateway.mock.requests();
     assert!(!straight.is_empty());
+    assert!(straight
+        .iter()
+        .all(|r| r.method == "POST" && r.path == "/v1/responses"));
     assert_eq!(straight.len(), sent.len(), "requests codex made");
     let rows = suite.rows(sent.len()).await;
     let creates = check_forwarded(&rows, &sent);
