@@ -1,6 +1,7 @@
 //! Requests shaped the way real clients send them: the Codex CLI's default
 //! tool list (it always offers `web_search`), the SDKs' headers. The pinned
-//! client programs themselves are not run here (see the report of issue 13).
+//! client programs themselves are driven by `tests/clients.rs`; a fallback's
+//! own tools meet the same policy as the request's.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -153,4 +154,92 @@ async fn client_headers_pass_an_allowlist_and_the_correlation_id_is_recorded(poo
     let fields = client_fields(&gw, 2).await;
     assert_eq!(fields[0], (None, Some("trace-42".to_owned())));
     assert_eq!(fields[1], (None, None));
+}
+
+/// A fallback whose override replaces `tools` goes through the same tool
+/// policy as the request itself (`proxy::validate::check_body` serves both):
+/// offered unsupported tools are dropped and named, a forced one or a
+/// refusing tenant gets the 400, naming the fallback.
+#[sqlx::test]
+async fn a_fallbacks_own_tools_meet_the_same_drop_or_refuse_policy(pool: PgPool) {
+    let gw = TestGateway::start_with(pool, |c| {
+        c.tools
+            .tenants
+            .insert("strict".into(), UnsupportedTools::Refuse);
+    })
+    .await;
+    gw.set_price("gpt-5.5", gpt55_price()).await;
+    let relaxed = gw.key("relaxed").await;
+    let strict = gw.key("strict").await;
+    let function =
+        |name: &str| json!({"type": "function", "name": name, "parameters": {}, "strict": false});
+    // The request itself fails upstream, so its fallback is what is served.
+    let with_fallback = |fallback: Value| {
+        json!({"model": "turing/gpt-5.5", "input": "hi", "tools": [function("g")],
+               "metadata": {"mock_http_status": "503"},
+               "turing_options": {"fallbacks": [fallback]}})
+    };
+    let offering = json!({"model": "turing/gpt-5.5", "metadata": {},
+        "tools": [function("f"), {"type": "web_search"}, {"type": "image_generation"}]});
+
+    let response = gw.create(&relaxed, with_fallback(offering.clone())).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["x-tollgate-dropped-tools"],
+        "web_search,image_generation"
+    );
+    response.bytes().await.unwrap();
+    // A fallback without its own tools inherits the request's, dropped alike.
+    let mut inherited = with_fallback(json!({"model": "turing/gpt-5.5", "metadata": {}}));
+    inherited["tools"] = json!([function("g"), {"type": "web_search_preview"}]);
+    let response = gw.create(&relaxed, inherited).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["x-tollgate-dropped-tools"],
+        "web_search_preview"
+    );
+    response.bytes().await.unwrap();
+
+    let sent: Vec<Value> = gw
+        .mock
+        .requests()
+        .iter()
+        .map(|r| r.json().unwrap())
+        .collect();
+    assert_eq!(sent.len(), 4, "each request: the failing one, its fallback");
+    assert_eq!(sent[1]["tools"], json!([function("f")]));
+    assert_eq!(sent[3]["tools"], json!([function("g")]));
+    let rows = gw.rows(2).await;
+    assert!(rows
+        .iter()
+        .all(|r| r.status == "completed" && r.fallback_from.as_deref() == Some("gpt-5.5")));
+    let fields = client_fields(&gw, 2).await;
+    assert_eq!(fields[0].0.as_deref(), Some("web_search,image_generation"));
+    assert_eq!(fields[1].0.as_deref(), Some("web_search_preview"));
+
+    // Refused before anything is sent, naming the fallback's field.
+    let mut forced = offering.clone();
+    forced["tool_choice"] = json!({"type": "web_search"});
+    let cases = [
+        (
+            &strict,
+            with_fallback(offering),
+            "turing_options.fallbacks.tools[1].type",
+        ),
+        (
+            &relaxed,
+            with_fallback(forced),
+            "turing_options.fallbacks.tools[1].type",
+        ),
+    ];
+    for (key, body, param) in cases {
+        let response = gw.create(key, body).await;
+        assert_eq!(response.status(), 400);
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "unsupported_tool", "{error}");
+        assert_eq!(error["error"]["param"], param, "{error}");
+    }
+    assert_eq!(gw.mock.request_count(), 4, "no refused body went upstream");
+    let rows = gw.rows(4).await;
+    assert!(rows[2..].iter().all(|r| r.status == "rejected"));
 }

@@ -192,7 +192,8 @@ async fn every_fallback_candidate_passes_the_checks_of_the_request(pool: PgPool)
     );
     let cases = [
         (
-            json!([MODEL, {"model": MODEL, "tools": [{"type": "function", "name": "f"}, {"type": "web_search"}]}]),
+            // Offered only, it would be dropped (tests/compat.rs); forced, refused.
+            json!([MODEL, {"model": MODEL, "tools": [{"type": "function", "name": "f"}, {"type": "web_search"}], "tool_choice": {"type": "web_search"}}]),
             400,
             "unsupported_tool",
             "turing_options.fallbacks[1].tools[1].type",

@@ -1200,3 +1200,80 @@ async fn concurrent_streams_are_independent() {
     ids.dedup();
     assert_eq!(ids.len(), 32);
 }
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn next_text(socket: &mut Socket) -> Value {
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        if let Message::Text(text) = socket.next().await.unwrap().unwrap() {
+            return serde_json::from_str(text.as_str()).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn websocket_mode_streams_each_create_and_answers_refusals_with_error_events() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (mock, base) = start().await;
+    let url = base.replace("http://", "ws://") + "/v1/responses";
+    // No credential: refused before the upgrade.
+    let refused = tokio_tungstenite::connect_async(url.as_str()).await;
+    assert!(
+        matches!(&refused, Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 401)
+    );
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", "Bearer sk-test".parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let send = |body: Value| Message::Text(body.to_string().into());
+    for usage in ["10,0,20,0", "11,0,21,0"] {
+        socket
+            .send(send(
+                json!({"type": "response.create", "model": "gpt-5.4", "input": "hi",
+                                "metadata": {"mock_usage": usage}}),
+            ))
+            .await
+            .unwrap();
+        let mut kinds = Vec::new();
+        let last = loop {
+            let event = next_text(&mut socket).await;
+            kinds.push(event["type"].as_str().unwrap().to_owned());
+            if event["type"] == "response.completed" {
+                break event;
+            }
+        };
+        assert_eq!(kinds[0], "response.created");
+        assert_eq!(
+            last["response"]["usage"]["input_tokens"],
+            usage[..2].parse::<u64>().unwrap()
+        );
+    }
+    socket
+        .send(send(json!({"type": "response.create", "model": "m", "metadata": {"mock_http_status": "429"}})))
+        .await
+        .unwrap();
+    let error = next_text(&mut socket).await;
+    assert_eq!(
+        (&error["type"], &error["status"], &error["error"]["code"]),
+        (&json!("error"), &json!(429), &json!("rate_limit_exceeded"))
+    );
+    socket
+        .send(send(json!({"type": "response.steer"})))
+        .await
+        .unwrap();
+    let error = next_text(&mut socket).await;
+    assert_eq!(
+        (&error["status"], &error["error"]["param"]),
+        (&json!(400), &json!("type"))
+    );
+    let recorded = mock.requests();
+    assert_eq!(recorded.len(), 3, "the steer message is no create");
+    assert!(recorded.iter().all(|r| r.method == "WS"));
+    assert_eq!(recorded[0].json().unwrap()["stream"], true);
+}

@@ -4,49 +4,22 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/python.rs"]
+mod python;
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use common::{gpt55_price, TestGateway};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use sqlx::PgPool;
 
-const SDK_VERSION: &str = "1.102.0";
+const SDK_PIN: &str = "openai==1.102.0";
 
-/// A venv with the pinned SDK; created once, reused by later runs. The tests
-/// of this file run in parallel, and two of them building the venv at once
-/// break each other, so creation is serialised.
+/// The python of a venv with the pinned SDK (`target/py-sdk`, created
+/// once and reused while the pin is unchanged).
 fn sdk_python() -> PathBuf {
-    static SETUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _creating = SETUP
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/py-sdk");
-    let python = venv.join("bin/python");
-    let ready = Command::new(&python)
-        .args([
-            "-c",
-            &format!("import openai,sys; sys.exit(openai.__version__ != '{SDK_VERSION}')"),
-        ])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ready {
-        let status = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 is needed for the SDK test");
-        assert!(status.success(), "python3 -m venv failed");
-        let status = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check"])
-            .arg(format!("openai=={SDK_VERSION}"))
-            .status()
-            .expect("pip");
-        assert!(status.success(), "pip install openai=={SDK_VERSION} failed");
-    }
-    python
+    python::venv("py-sdk", &[SDK_PIN]).join("python")
 }
 
 /// Runs `tests/sdk/<script>` with `env`; what it printed on standard output,

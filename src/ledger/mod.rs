@@ -131,15 +131,13 @@ pub struct LedgerRow {
     pub attempts: i32,
     pub fallback_from: Option<String>,
     pub end_user: Option<String>,
-    /// Offered tools left out of the forwarded request, comma-separated.
-    /// Stored, not yet in [`COLUMNS`], the JSON record or the CSV (their
-    /// layout is CONTRACT §5's).
-    #[serde(default, skip_serializing)]
-    #[sqlx(default)]
+    /// Offered tools left out of the forwarded request, comma-separated
+    /// (also the response's `x-tollgate-dropped-tools`); beyond CONTRACT §5.
+    #[serde(default)]
     pub dropped_tools: Option<String>,
-    /// The client's `x-client-request-id`.
-    #[serde(default, skip_serializing)]
-    #[sqlx(default)]
+    /// The client's `x-client-request-id` (1-512 visible ASCII characters;
+    /// null when it sent none or an unusable one); beyond CONTRACT §5.
+    #[serde(default)]
     pub client_request_id: Option<String>,
     pub client_disconnected: bool,
     pub mcp_calls: i32,
@@ -152,13 +150,15 @@ pub struct LedgerRow {
     pub anomaly: Option<String>,
 }
 
-/// The column list shared by reads and CSV output, in CONTRACT §5 order.
+/// The column list shared by reads and CSV output, in CONTRACT §5 order
+/// (the fields beyond it where [`LedgerRow`] declares them).
 pub const COLUMNS: &str =
     "id, request_id, response_id, tenant_id AS tenant, api_key_id, endpoint, \
      model, upstream, upstream_model, stream, status, usage_source, input_tokens, cached_tokens, \
      output_tokens, reasoning_tokens, total_tokens, service_tier, price_id, cost, unpriced_reason, \
-     currency, http_status, error_code, attempts, fallback_from, end_user, client_disconnected, \
-     mcp_calls, started_at, first_byte_at, finished_at, anomaly";
+     currency, http_status, error_code, attempts, fallback_from, end_user, dropped_tools, \
+     client_request_id, client_disconnected, mcp_calls, started_at, first_byte_at, finished_at, \
+     anomaly";
 
 /// The database keeps cost at scale 16; clients get the shortest exact form.
 fn serialize_cost<S: serde::Serializer>(cost: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {

@@ -18,6 +18,7 @@
 //! | Route | Answer |
 //! |---|---|
 //! | `POST P/responses` | create (JSON or SSE when `"stream":true`) |
+//! | `GET P/responses` with `Upgrade: websocket` | WebSocket mode (`ws` module): each `response.create` message is a streaming create, recorded with method `WS`; events come back as text messages, refusals as `{"type":"error","status","error"}` |
 //! | `GET P/responses/{id}` | stored response; `?stream=true[&starting_after=N]` replays its events (always starting with `response.created`, then sequence numbers > N) |
 //! | `DELETE P/responses/{id}` | `{"id","object":"response","deleted":true}`, 404 if unknown |
 //! | `POST P/responses/{id}/cancel` | background responses become `cancelled` (idempotent, usage kept); others 400; unknown 404 |
@@ -102,6 +103,7 @@ mod render;
 mod script;
 mod store;
 mod stream;
+mod ws;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -239,7 +241,7 @@ impl MockUpstream {
         let mut r = Router::new();
         for p in ["", "/v1", "/openai/v1", "/openai"] {
             r = r
-                .route(&format!("{p}/responses"), post(create))
+                .route(&format!("{p}/responses"), post(create).get(ws::connect))
                 .route(&format!("{p}/responses/input_tokens"), post(input_tokens))
                 .route(&format!("{p}/responses/compact"), post(compact))
                 .route(

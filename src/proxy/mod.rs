@@ -165,6 +165,9 @@ struct Candidate {
     pinned: Option<String>,
     /// The end user of this candidate's body (an override may change it).
     end_user: Option<String>,
+    /// The offered tools this candidate's body leaves out (an override of
+    /// `tools` may change them).
+    dropped: Vec<tools::Dropped>,
 }
 
 /// The answer of the candidate that served (or failed last).
@@ -249,11 +252,15 @@ async fn prepare(
     body: Body,
     kind: Routed,
 ) -> Result<(CreateRequest, Vec<Candidate>), ApiError> {
-    let bytes = read_body(headers, body, state.config.body_limit_bytes).await?;
     let ctx = meter
         .ctx_mut()
         .ok_or_else(|| ApiError::internal("meter without context"))?;
-    let request = match parse_create(&bytes, &state.config.model_prefix) {
+    // Recorded on refusals too: it is how a client finds its row.
+    ctx.client_request_id = headers::client_request_id(headers);
+    let bytes = read_body(headers, body, state.config.body_limit_bytes).await?;
+    let tenant = ctx.principal.tenant.clone();
+    let policy = state.config.tools.policy(&tenant);
+    let request = match parse_create(&bytes, &state.config.model_prefix, policy) {
         Ok(request) => request,
         Err(rejection) => {
             // Only values that passed their checks are on the partial.
@@ -266,11 +273,8 @@ async fn prepare(
     ctx.model = Some(request.model.clone());
     ctx.stream = request.stream;
     ctx.end_user = request.facts.end_user.clone();
-    let tenant = ctx.principal.tenant.clone();
     let started_at = ctx.started_at;
     ctx.dropped_tools = tools::dropped_list(&request.dropped_tools);
-    ctx.client_request_id = headers::client_request_id(headers);
-    tools::enforce(state.config.tools.policy(&tenant), &request.dropped_tools)?;
     let chain = build_candidates(state, &request, kind, started_at)?;
     let chain = admit_candidates(state, &request, &tenant, chain).await?;
     Ok((request, chain))
@@ -305,6 +309,7 @@ fn build_candidates(
         max_retries,
         pinned: None,
         end_user: None,
+        dropped: Vec::new(),
     };
     let mut chain = vec![(
         candidate(
@@ -364,10 +369,12 @@ async fn admit_candidates(
         if candidate.overrides.is_empty() {
             candidate.pinned.clone_from(&own.pinned);
             candidate.end_user.clone_from(&request.facts.end_user);
+            candidate.dropped.clone_from(&request.dropped_tools);
         } else {
             let facts = request.fallback_facts(&candidate.overrides, &param)?;
             candidate.pinned = admit(state, tenant, &facts, &param).await?.pinned;
             candidate.end_user = facts.end_user;
+            candidate.dropped = facts.tools.dropped;
         }
         checked.push(candidate);
     }
@@ -448,6 +455,7 @@ fn answer(
         ctx.fallback_from = Some(request.model.clone());
         ctx.model = Some(candidate.model.clone());
         ctx.end_user.clone_from(&candidate.end_user);
+        ctx.dropped_tools = tools::dropped_list(&candidate.dropped);
     }
     ctx.price = state.prices.lookup(&candidate.model, ctx.started_at);
     let reply = match result {
@@ -465,7 +473,7 @@ fn answer(
         request.timeout(),
         deployment.upstream,
     );
-    tools::with_dropped_header(response, &request.dropped_tools)
+    tools::with_dropped_header(response, &candidate.dropped)
 }
 
 /// The upstream's answer, handed to the client through the metering body.

@@ -16,6 +16,7 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::config::UnsupportedTools;
 use crate::error::ApiError;
 pub use crate::proxy::validate::McpServer;
 use crate::proxy::validate::{self, check_body, BodyFacts};
@@ -86,7 +87,9 @@ pub struct CreateRequest {
     pub background: bool,
     /// Offered tools left out of the forwarded body (`tools` module).
     pub dropped_tools: Vec<super::tools::Dropped>,
-    tool_overrides: Vec<(String, Box<RawValue>)>,
+    /// The tenant's policy for unsupported tools, applied to every
+    /// fallback's effective body as to the request's.
+    policy: UnsupportedTools,
     /// What goes to the upstream when it knows the model by its public id.
     pub body: Bytes,
     /// The client's body, kept for deployments and fallbacks that need
@@ -96,7 +99,8 @@ pub struct CreateRequest {
 
 impl CreateRequest {
     /// The body for an upstream that knows the model as `upstream_model`,
-    /// with `overrides` replacing (or adding) top-level fields.
+    /// with `overrides` replacing (or adding) top-level fields; the offered
+    /// tools of that effective body planned as [`check_body`] plans them.
     pub fn body_for(
         &self,
         upstream_model: &str,
@@ -107,20 +111,28 @@ impl CreateRequest {
         }
         let members: Members =
             serde_json::from_slice(&self.original).map_err(ApiError::internal)?;
-        let mut all = overrides.to_vec();
+        let get = effective(&members, overrides);
+        let planned = match get("tools") {
+            Some(raw) if raw.get() != "null" => {
+                super::tools::plan(raw, get("tool_choice"))?.overrides
+            }
+            _ => Vec::new(),
+        };
+        let mut all = planned;
         all.extend(
-            self.tool_overrides
+            overrides
                 .iter()
-                .filter(|(k, _)| !overrides.iter().any(|(o, _)| o == k))
-                .cloned(),
+                .filter(|(k, _)| !all.iter().any(|(o, _)| o == k))
+                .cloned()
+                .collect::<Vec<_>>(),
         );
         assemble(&members.0, upstream_model, &all).map_err(ApiError::internal)
     }
 
     /// The checks of [`check_body`] on the body a fallback with `overrides`
-    /// would send: the request's fields, replaced by the override's. An
-    /// error names the fallback (`param_prefix`, e.g.
-    /// `turing_options.fallbacks[0]`) before the field.
+    /// would send: the request's fields, replaced by the override's, under
+    /// the request's tool policy. An error names the fallback
+    /// (`param_prefix`, e.g. `turing_options.fallbacks[0]`) before the field.
     pub fn fallback_facts(
         &self,
         overrides: &[(String, Box<RawValue>)],
@@ -131,14 +143,9 @@ impl CreateRequest {
         }
         let members: Members =
             serde_json::from_slice(&self.original).map_err(ApiError::internal)?;
-        let get = |name: &str| -> Option<&RawValue> {
-            overrides
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| &**v)
-                .or_else(|| members.0.iter().find(|(k, _)| k == name).map(|(_, v)| *v))
-        };
-        check_body(&get, &self.tags).map_err(|e| validate::in_fallback(e, param_prefix))
+        let get = effective(&members, overrides);
+        check_body(&get, &self.tags, self.policy)
+            .map_err(|e| validate::in_fallback(e, param_prefix))
     }
 
     /// The request's deadline for the upstream (platform.md defaults).
@@ -164,8 +171,29 @@ pub struct Rejection {
     pub partial: Partial,
 }
 
-/// Parses, validates and rewrites; `model_prefix` is stripped from `model`.
-pub fn parse_create(body: &Bytes, model_prefix: &str) -> Result<CreateRequest, Rejection> {
+/// A top-level field of the effective body: the override's, else the
+/// request's own.
+fn effective<'a>(
+    members: &'a Members<'a>,
+    overrides: &'a [(String, Box<RawValue>)],
+) -> impl Fn(&str) -> Option<&'a RawValue> {
+    move |name: &str| {
+        overrides
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| &**v)
+            .or_else(|| members.0.iter().find(|(k, _)| k == name).map(|(_, v)| *v))
+    }
+}
+
+/// Parses, validates and rewrites; `model_prefix` is stripped from `model`;
+/// `policy` is the tenant's for unsupported tools (it also applies to every
+/// fallback's effective body).
+pub fn parse_create(
+    body: &Bytes,
+    model_prefix: &str,
+    policy: UnsupportedTools,
+) -> Result<CreateRequest, Rejection> {
     let mut partial = Partial::default();
     let reject = |error: ApiError, partial: &Partial| Rejection {
         error,
@@ -229,23 +257,8 @@ pub fn parse_create(body: &Bytes, model_prefix: &str) -> Result<CreateRequest, R
         None => Vec::new(),
     };
     // Offered but unsupported tools are dropped (or the request refused when
-    // it cannot work without them); the checks then see the body as it
-    // will be forwarded.
-    let tool_plan = match get("tools") {
-        Some(raw) => {
-            super::tools::plan(raw, get("tool_choice")).map_err(|e| reject(e, &partial))?
-        }
-        None => super::tools::ToolPlan::default(),
-    };
-    let planned = |name: &str| {
-        tool_plan
-            .overrides
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| &**v)
-            .or_else(|| get(name))
-    };
-    let facts = check_body(&planned, &tags).map_err(|e| reject(e, &partial))?;
+    // it cannot work without them, or by the policy) by the checks.
+    let facts = check_body(&get, &tags, policy).map_err(|e| reject(e, &partial))?;
     let background = get("background")
         .map(|raw| serde_json::from_str::<Option<bool>>(raw.get()))
         .transpose()
@@ -262,8 +275,9 @@ pub fn parse_create(body: &Bytes, model_prefix: &str) -> Result<CreateRequest, R
         None => TuringOptions::default(),
     };
 
-    let out = assemble(&members, &public, &tool_plan.overrides)
+    let out = assemble(&members, &public, &facts.tools.overrides)
         .map_err(|e| reject(ApiError::internal(e), &partial))?;
+    let dropped_tools = facts.tools.dropped.clone();
     Ok(CreateRequest {
         model: public,
         stream: partial.stream,
@@ -271,8 +285,8 @@ pub fn parse_create(body: &Bytes, model_prefix: &str) -> Result<CreateRequest, R
         facts,
         tags,
         background,
-        dropped_tools: tool_plan.dropped,
-        tool_overrides: tool_plan.overrides,
+        dropped_tools,
+        policy,
         body: out,
         original: body.clone(),
     })
@@ -463,7 +477,12 @@ mod tests {
     use super::*;
 
     fn parse(body: &str) -> Result<CreateRequest, ApiError> {
-        parse_create(&Bytes::copy_from_slice(body.as_bytes()), "turing/").map_err(|r| r.error)
+        parse_create(
+            &Bytes::copy_from_slice(body.as_bytes()),
+            "turing/",
+            UnsupportedTools::Drop,
+        )
+        .map_err(|r| r.error)
     }
 
     #[test]
@@ -679,6 +698,7 @@ mod tests {
                 br#"{"model":"turing/gpt-5","stream":true,"user":"u1","tools":[{"type":"file_search"}],"tool_choice":"required"}"#,
             ),
             "turing/",
+            UnsupportedTools::Drop,
         )
         .err()
         .unwrap();
@@ -705,7 +725,7 @@ mod tests {
             let body = format!(
                 r#"{{"model":"{model}","user":"{user}","tags":["stateful"],"turing_options":{{"fallbacks":[{{"model":"m","{override_field}":{override_value}}}]}}}}"#
             );
-            match parse_create(&Bytes::from(body), "turing/") {
+            match parse_create(&Bytes::from(body), "turing/", UnsupportedTools::Drop) {
                 Err(rejection) => {
                     proptest::prop_assert!(rejection.error.status.is_client_error());
                     if let Some(m) = &rejection.partial.model {

@@ -54,7 +54,7 @@ pub struct Dropped {
 }
 
 /// The outcome of [`plan`].
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ToolPlan {
     /// Replacements for `tools` / `tool_choice` when something was dropped;
     /// empty when the client's body goes out unchanged.

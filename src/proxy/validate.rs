@@ -3,8 +3,9 @@
 //! fallback's overrides applied) go through [`check_body`], so the two can
 //! never drift apart.
 //!
-//! Here: tool policy (unsupported built-in tools, MCP server URLs), the
-//! stateful rule, and the text values that reach a ledger row or a database
+//! Here: tool policy (unsupported built-in tools dropped or refused by the
+//! tenant's `[tools] unsupported` policy, through `proxy::tools`; MCP server
+//! URLs), the stateful rule, and the text values that reach a ledger row or a database
 //! query (`model`, `user`, `safety_identifier`, `previous_response_id`,
 //! `conversation`), decoded from the raw JSON and bounded. Nothing here does
 //! I/O: ownership and the per-tenant MCP allowlist are checked by
@@ -15,7 +16,9 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::config::UnsupportedTools;
 use crate::error::ApiError;
+use crate::proxy::tools::{self, ToolPlan};
 
 /// Longest model id accepted (request `model` and fallback models), in
 /// characters. Real ids are under 64; the ledger indexes this column.
@@ -27,14 +30,6 @@ pub const MAX_END_USER_CHARS: usize = 512;
 /// Longest `previous_response_id` / `conversation` id, in characters.
 pub const MAX_ID_CHARS: usize = 256;
 
-/// Built-in tools the platform does not offer (platform.md).
-const UNSUPPORTED_TOOLS: [&str; 4] = [
-    "code_interpreter",
-    "file_search",
-    "web_search",
-    "web_search_preview",
-];
-
 /// An MCP tool's server host, for the per-tenant allowlist.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct McpServer {
@@ -43,12 +38,15 @@ pub struct McpServer {
 }
 
 /// What a checked body says that later steps need.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct BodyFacts {
     pub end_user: Option<String>,
     pub previous_response_id: Option<String>,
     pub conversation: Option<String>,
     pub mcp_servers: Vec<McpServer>,
+    /// Which offered tools this body sends upstream: the replacements for
+    /// `tools` / `tool_choice` and what was dropped (empty when nothing was).
+    pub tools: ToolPlan,
 }
 
 /// A text value as the ledger will store it: decoded (so `\u0000` escapes
@@ -105,14 +103,27 @@ pub fn end_user<'a>(
 }
 
 /// Every check on one effective body. `get` reads a top-level field; `tags`
-/// are the request's (a fallback cannot change them).
+/// are the request's (a fallback cannot change them); `policy` is the
+/// tenant's for unsupported tools. Offered unsupported tools are planned
+/// first ([`tools::plan`]: dropped, or refused when the body needs them, or
+/// refused under the `refuse` policy), and the other checks see the body as
+/// it will be forwarded.
 pub fn check_body<'a>(
     get: &dyn Fn(&str) -> Option<&'a RawValue>,
     tags: &[String],
+    policy: UnsupportedTools,
 ) -> Result<BodyFacts, ApiError> {
     let end_user = end_user(get)?;
+    let plan = match get("tools") {
+        Some(raw) if raw.get() != "null" => tools::plan(raw, get("tool_choice"))?,
+        _ => ToolPlan::default(),
+    };
+    tools::enforce(policy, &plan.dropped)?;
+    // The client's own array, so errors name the client's indices; the
+    // dropped entries are not sent and not checked.
+    let dropped: Vec<usize> = plan.dropped.iter().map(|d| d.index).collect();
     let mcp_servers = match get("tools") {
-        Some(raw) if raw.get() != "null" => check_tools(raw)?,
+        Some(raw) if raw.get() != "null" => check_tools(raw, &dropped)?,
         _ => Vec::new(),
     };
     // Stateful reasoning lives in the upstream's stored response: a request
@@ -138,6 +149,7 @@ pub fn check_body<'a>(
         previous_response_id,
         conversation,
         mcp_servers,
+        tools: plan,
     })
 }
 
@@ -168,23 +180,17 @@ struct ToolType<'a> {
     server_url: Option<Cow<'a, str>>,
 }
 
-fn check_tools(raw: &RawValue) -> Result<Vec<McpServer>, ApiError> {
+/// Every tool but the `skip`ped (dropped) ones has a `type`; MCP servers'
+/// hosts are collected for the allowlist.
+fn check_tools(raw: &RawValue, skip: &[usize]) -> Result<Vec<McpServer>, ApiError> {
     let tools: Vec<ToolType> = serde_json::from_str(raw.get()).map_err(|_| {
         ApiError::invalid_value("tools", "'tools' must be an array of tool objects.")
     })?;
     let mut servers = Vec::new();
-    for (i, tool) in tools.iter().enumerate() {
+    for (i, tool) in tools.iter().enumerate().filter(|(i, _)| !skip.contains(i)) {
         let Some(kind) = tool.kind.as_deref() else {
             return Err(ApiError::missing_parameter(&format!("tools[{i}].type")));
         };
-        if let Some(base) = unsupported_tool(kind) {
-            return Err(ApiError::invalid_request(format!(
-                "The built-in tool '{kind}' is not supported on this platform ({base} is unavailable). \
-                 Use a custom 'function' tool or an 'mcp' connector instead."
-            ))
-            .with_code("unsupported_tool")
-            .with_param(format!("tools[{i}].type")));
-        }
         if kind == "mcp" {
             if let Some(url) = tool.server_url.as_deref() {
                 let host = reqwest::Url::parse(url)
@@ -201,17 +207,6 @@ fn check_tools(raw: &RawValue) -> Result<Vec<McpServer>, ApiError> {
         }
     }
     Ok(servers)
-}
-
-/// `web_search`, `web_search_2025_08_26`, `web_search_preview_2025_03_11` …
-fn unsupported_tool(kind: &str) -> Option<&'static str> {
-    UNSUPPORTED_TOOLS.iter().copied().find(|base| {
-        kind == *base
-            || kind
-                .strip_prefix(base)
-                .and_then(|rest| rest.strip_prefix('_'))
-                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
-    })
 }
 
 /// Renames an error found in a fallback's effective body so it names the
@@ -256,7 +251,7 @@ mod tests {
             let get = move |k: &str| -> Option<&'static RawValue> {
                 (k == "conversation").then_some(value)
             };
-            check_body(&get, &[]).map(|f| f.conversation)
+            check_body(&get, &[], UnsupportedTools::Drop).map(|f| f.conversation)
         };
         assert_eq!(get_conv(r#""conv_1""#).unwrap().as_deref(), Some("conv_1"));
         assert_eq!(

@@ -67,6 +67,8 @@ pub fn write_row(out: &mut String, row: &LedgerRow) {
     w.num(row.attempts);
     w.opt_text(row.fallback_from.as_deref());
     w.opt_text(row.end_user.as_deref());
+    w.opt_text(row.dropped_tools.as_deref());
+    w.opt_text(row.client_request_id.as_deref());
     w.num(row.client_disconnected);
     w.num(row.mcp_calls);
     w.time(Some(row.started_at));
@@ -156,8 +158,8 @@ mod tests {
             price_id: Some(3),
             cost: Some(Decimal::new(12_300, 6)),
             end_user: Some("a,\"b\"\r\nc".into()),
-            dropped_tools: None,
-            client_request_id: None,
+            dropped_tools: Some("web_search,code_interpreter".into()),
+            client_request_id: Some("trace 42".into()),
             started_at: DateTime::from_timestamp_micros(1_764_547_200_123_456).unwrap(),
             finished_at: DateTime::from_timestamp(1_764_547_201, 0).unwrap(),
             ..crate::ledger::sample_row("req_1")
@@ -185,7 +187,7 @@ mod tests {
         write_row(&mut out, &row());
         assert!(out.starts_with("7,req_1,,acme,k1,responses.create,gpt-5.5,"));
         assert!(out.contains(",0.0123,"));
-        assert!(out.contains(",\"a,\"\"b\"\"\r\nc\","));
+        assert!(out.contains(",\"a,\"\"b\"\"\r\nc\",\"web_search,code_interpreter\",trace 42,"));
         let json = serde_json::to_value(row()).unwrap();
         let started = json["started_at"].as_str().unwrap();
         assert!(out.contains(&format!(",{started},,")), "{out}");

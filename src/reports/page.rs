@@ -13,7 +13,7 @@ pub const TEXT_MAX_CHARS: usize = 1_024;
 
 /// The text columns a request or an upstream can fill (the rest are ours:
 /// ids, enums, currency codes).
-const CUT: [&str; 10] = [
+const CUT: [&str; 12] = [
     "request_id",
     "response_id",
     "api_key_id",
@@ -24,6 +24,8 @@ const CUT: [&str; 10] = [
     "error_code",
     "fallback_from",
     "end_user",
+    "dropped_tools",
+    "client_request_id",
 ];
 
 /// A records page row: the ledger row, and which of its fields were cut.

@@ -223,6 +223,9 @@ pub struct GatewayProcess {
     pub base: String,
     pub key: String,
     pub http: reqwest::Client,
+    /// The simulated upstream behind it (recording only when started with
+    /// [`Self::start_recording`]).
+    pub mock: MockUpstream,
     _dir: tempfile::TempDir,
 }
 
@@ -234,6 +237,16 @@ impl GatewayProcess {
 
     /// As [`Self::start`], with extra environment variables for the process.
     pub async fn start_with_env(pool: &PgPool, config: &str, env: &[(&str, &str)]) -> Self {
+        Self::launch(pool, config, env, MockUpstream::without_recording()).await
+    }
+
+    /// As [`Self::start_with_env`], with an upstream that records every
+    /// request it receives (`self.mock.requests()`).
+    pub async fn start_recording(pool: &PgPool, config: &str, env: &[(&str, &str)]) -> Self {
+        Self::launch(pool, config, env, MockUpstream::new()).await
+    }
+
+    async fn launch(pool: &PgPool, config: &str, env: &[(&str, &str)], mock: MockUpstream) -> Self {
         let database: String = sqlx::query_scalar("SELECT current_database()")
             .fetch_one(pool)
             .await
@@ -258,10 +271,9 @@ impl GatewayProcess {
             .unwrap()
             .key;
 
-        let mock = MockUpstream::without_recording();
         let mock_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mock_addr = mock_listener.local_addr().unwrap();
-        tokio::spawn(mock.serve(mock_listener));
+        tokio::spawn(mock.clone().serve(mock_listener));
 
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("tollgate.toml");
@@ -308,6 +320,7 @@ impl GatewayProcess {
             base,
             key,
             http,
+            mock,
             _dir: dir,
         }
     }

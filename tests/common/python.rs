@@ -20,8 +20,9 @@ pub fn venv(name: &str, requirements: &[&str]) -> PathBuf {
     if std::fs::read_to_string(&marker).ok().as_deref() == Some(wanted.as_str()) {
         return venv.join("bin");
     }
+    // `--clear`: a venv built for other pins starts empty again.
     let status = Command::new("python3")
-        .args(["-m", "venv"])
+        .args(["-m", "venv", "--clear"])
         .arg(&venv)
         .status()
         .expect("python3 is needed for this test");

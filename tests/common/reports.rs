@@ -146,8 +146,12 @@ pub fn random_rows(
                 attempts: 1,
                 fallback_from: None,
                 end_user,
-                dropped_tools: None,
-                client_request_id: None,
+                dropped_tools: rng
+                    .random_bool(0.1)
+                    .then(|| "web_search,code_interpreter".to_owned()),
+                client_request_id: rng
+                    .random_bool(0.3)
+                    .then(|| format!("trace {i}, \"quoted\"")),
                 client_disconnected: rng.random_bool(0.1),
                 mcp_calls: rng.random_range(0..3),
                 started_at,
