@@ -537,3 +537,110 @@ async fn a_stream_longer_than_the_reservation_lifetime_keeps_its_slot(pool: PgPo
     );
     gw.shutdown().await;
 }
+
+fn ledger_row(
+    i: usize,
+    tenant: &str,
+    key: &str,
+    started_at: chrono::DateTime<chrono::Utc>,
+    cost: Option<Decimal>,
+) -> tollgate::ledger::LedgerRow {
+    tollgate::ledger::LedgerRow {
+        id: None,
+        request_id: format!("req_spend_{i:06}"),
+        response_id: None,
+        tenant: tenant.to_owned(),
+        api_key_id: key.to_owned(),
+        endpoint: "responses".to_owned(),
+        model: Some("gpt-5.5".to_owned()),
+        upstream: Some("default".to_owned()),
+        upstream_model: Some("gpt-5.5".to_owned()),
+        stream: false,
+        status: "completed".to_owned(),
+        usage_source: "reported".to_owned(),
+        input_tokens: 1,
+        cached_tokens: 0,
+        output_tokens: 1,
+        reasoning_tokens: 0,
+        total_tokens: 2,
+        service_tier: None,
+        price_id: None,
+        cost,
+        unpriced_reason: cost.is_none().then(|| "no_price".to_owned()),
+        currency: "usd".to_owned(),
+        http_status: Some(200),
+        error_code: None,
+        attempts: 1,
+        fallback_from: None,
+        end_user: None,
+        dropped_tools: None,
+        client_request_id: None,
+        client_disconnected: false,
+        mcp_calls: 0,
+        started_at,
+        first_byte_at: None,
+        finished_at: started_at,
+        anomaly: None,
+    }
+}
+
+/// The per-day spend budgets read (`limit_spend`, kept by the database from
+/// every ledger statement) equals the ledger's own sums after inserts that
+/// straddle UTC midnight, a reprice-like UPDATE, and a DELETE.
+#[sqlx::test]
+async fn the_spend_budgets_read_equals_the_ledger_through_every_change(pool: PgPool) {
+    let midnight = chrono::Utc::now()
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc();
+    let rows: Vec<_> = (0..300)
+        .map(|i| {
+            let at = midnight + chrono::Duration::seconds(i as i64 * 37 - 5_000);
+            let cost = (i % 7 != 0).then(|| Decimal::new(i as i64 * 1_234_567 + 1, 10));
+            let tenant = ["acme", "globex"][i % 2];
+            let key = ["key_a", "key_b", "key_c"][i % 3];
+            ledger_row(i, tenant, key, at, cost)
+        })
+        .collect();
+    for batch in rows.chunks(64) {
+        tollgate::ledger::quarantine::insert_isolating(&pool, batch)
+            .await
+            .unwrap();
+    }
+    let diff = || async {
+        let (only_rollup, only_ledger): (i64, i64) = sqlx::query_as(
+            "WITH ledger AS (
+                SELECT kind, id, day, sum(cost) AS spent FROM (
+                    SELECT 'tenant' AS kind, tenant_id AS id, (started_at AT TIME ZONE 'UTC')::date AS day, cost FROM usage_ledger
+                    UNION ALL
+                    SELECT 'key', api_key_id, (started_at AT TIME ZONE 'UTC')::date, cost FROM usage_ledger) d
+                WHERE cost IS NOT NULL GROUP BY kind, id, day),
+             rollup AS (SELECT scope_kind AS kind, scope_id AS id, day, spent FROM limit_spend WHERE spent <> 0)
+             SELECT (SELECT count(*) FROM (SELECT * FROM rollup EXCEPT SELECT * FROM ledger) a),
+                    (SELECT count(*) FROM (SELECT * FROM ledger EXCEPT SELECT * FROM rollup) b)",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (only_rollup, only_ledger)
+    };
+    assert_eq!(diff().await, (0, 0), "after inserts");
+    let days: i64 = sqlx::query_scalar("SELECT count(DISTINCT day) FROM limit_spend")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(days, 2, "the rows straddle UTC midnight");
+
+    // A reprice: unpriced rows get a cost, priced ones change.
+    sqlx::query("UPDATE usage_ledger SET cost = coalesce(cost * 3, 0.0000000007) WHERE id % 4 = 0")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(diff().await, (0, 0), "after an update");
+    sqlx::query("DELETE FROM usage_ledger WHERE id % 5 = 0")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(diff().await, (0, 0), "after a delete");
+}

@@ -1,6 +1,7 @@
 //! `tollgate limits set|show|delete` (CONTRACT §1, §8) as an operator runs
 //! it: the real binary against the real database, and a running gateway
 //! that obeys what the command set.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -19,6 +19,7 @@
 
 pub mod alerts;
 pub mod api;
+mod batch;
 mod body;
 pub mod budget;
 pub mod estimate;
@@ -54,17 +55,11 @@ struct Snapshot {
     scopes: HashSet<(Scope, String)>,
 }
 
-/// Admissions of one tenant take turns in this process before they take a
-/// connection: they would queue on the tenant's row lock anyway, and
-/// queueing here holds no connection (a burst on one tenant cannot drain
-/// the pool and turn into 503s).
-const STRIPES: usize = 64;
-
-/// The in-memory set of limited scopes, and the per-tenant turns.
+/// The in-memory set of limited scopes, and the admission lanes.
 pub struct Limits {
     snapshot: ArcSwap<Snapshot>,
     reloading: tokio::sync::Mutex<()>,
-    turns: Vec<tokio::sync::Mutex<()>>,
+    batcher: batch::Batcher,
 }
 
 impl Default for Limits {
@@ -75,7 +70,7 @@ impl Default for Limits {
                 scopes: HashSet::new(),
             }),
             reloading: tokio::sync::Mutex::new(()),
-            turns: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            batcher: batch::Batcher::default(),
         }
     }
 }
@@ -136,14 +131,6 @@ impl Limits {
         });
         self.snapshot.store(kept.clone());
         Ok(kept)
-    }
-
-    fn turn(&self, tenant: &str) -> &tokio::sync::Mutex<()> {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        tenant.hash(&mut hasher);
-        let index = usize::try_from(hasher.finish() % STRIPES as u64).unwrap_or(0);
-        &self.turns[index]
     }
 
     /// Forgets the cached set (after a change made on this replica).
@@ -220,19 +207,15 @@ pub async fn admit(
     if !state.limits.limited(&state.pool, tenant, key).await? {
         return Ok(Admission::default());
     }
-    let estimate = &estimate();
     let ask = store::Ask {
-        request_id: &ctx.request_id,
-        tenant,
-        key_id: key,
-        estimate,
+        request_id: ctx.request_id.to_string(),
+        tenant: tenant.to_owned(),
+        key_id: key.to_owned(),
+        estimate: estimate(),
         ttl: Duration::from_secs(state.config.limits.reservation_ttl_secs),
     };
     RESERVED_ANY.store(true, Ordering::Relaxed);
-    let decided = {
-        let _turn = state.limits.turn(tenant).lock().await;
-        store::admit(&state.pool, &ask).await?
-    };
+    let decided = state.limits.batcher.admit(&state.pool, ask).await?;
     match decided {
         Ok(granted) => {
             renew::opened(&ctx.request_id);

@@ -220,7 +220,8 @@ pub async fn delete(pool: &PgPool, scope: Scope, id: &str) -> Result<bool, sqlx:
 /// A scope's live figures.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Live {
-    /// The ledger's cost sum since the period start.
+    /// The ledger's cost sum since the period start (from `limit_spend`,
+    /// the per-day sums the database keeps with every ledger change).
     pub spent: Decimal,
     /// Estimates of the scope's open reservations.
     pub reserved: Decimal,
@@ -247,7 +248,8 @@ pub async fn live(
     let col = scope.column();
     let (spent, reserved, open, overrun): (Decimal, Decimal, i64, Decimal) = sqlx::query_as(&format!(
         "SELECT
-            (SELECT coalesce(sum(cost), 0) FROM usage_ledger WHERE {col} = $1 AND started_at >= $2),
+            (SELECT coalesce(sum(spent), 0) FROM limit_spend
+              WHERE scope_kind = $4 AND scope_id = $1 AND day >= ($2 AT TIME ZONE 'UTC')::date),
             (SELECT coalesce(sum(estimate), 0) FROM limit_reservations WHERE {col} = $1 AND expires_at > $3),
             (SELECT count(*) FROM limit_reservations WHERE {col} = $1 AND expires_at > $3),
             (SELECT coalesce(sum(overrun), 0) FROM limit_overruns WHERE {col} = $1 AND started_at >= $2)"
@@ -255,6 +257,7 @@ pub async fn live(
     .bind(id)
     .bind(since(period, now))
     .bind(now)
+    .bind(scope.as_str())
     .fetch_one(&mut *conn)
     .await?;
     Ok(Live {
@@ -272,11 +275,12 @@ pub async fn db_now(conn: &mut PgConnection) -> Result<DateTime<Utc>, sqlx::Erro
 }
 
 /// What admission asks for.
-pub struct Ask<'a> {
-    pub request_id: &'a str,
-    pub tenant: &'a str,
-    pub key_id: &'a str,
-    pub estimate: &'a Estimate,
+#[derive(Debug, Clone)]
+pub struct Ask {
+    pub request_id: String,
+    pub tenant: String,
+    pub key_id: String,
+    pub estimate: Estimate,
     pub ttl: std::time::Duration,
 }
 
@@ -306,145 +310,247 @@ pub struct Granted {
     pub tokens: Vec<BucketView>,
 }
 
-/// The admission transaction (module doc).
-pub async fn admit(pool: &PgPool, ask: &Ask<'_>) -> Result<Result<Granted, Refusal>, sqlx::Error> {
+/// One request's verdict.
+pub type Decision = Result<Granted, Refusal>;
+
+/// The admission transaction (module doc) for several requests at once, in
+/// their order: each sees the reservations and bucket takes of those before
+/// it, exactly as if they had been admitted one after another at the same
+/// instant. One transaction per batch, not per request, is what keeps
+/// limits from becoming the bottleneck (`super::batch`).
+pub async fn admit(pool: &PgPool, asks: &[Ask]) -> Result<Vec<Decision>, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    let keys: Vec<&str> = asks.iter().map(|a| a.key_id.as_str()).collect();
+    let tenants: Vec<&str> = asks.iter().map(|a| a.tenant.as_str()).collect();
     let raws: Vec<RawRow> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM limits
-         WHERE (scope_kind = 'key' AND scope_id = $1) OR (scope_kind = 'tenant' AND scope_id = $2)
+         WHERE (scope_kind = 'key' AND scope_id = ANY($1))
+            OR (scope_kind = 'tenant' AND scope_id = ANY($2))
          ORDER BY scope_kind, scope_id FOR UPDATE"
     ))
-    .bind(ask.key_id)
-    .bind(ask.tenant)
+    .bind(&keys)
+    .bind(&tenants)
     .fetch_all(&mut *tx)
     .await?;
-    let rows: Vec<LimitRow> = raws.into_iter().filter_map(RawRow::into_row).collect();
     // Read after the locks are held: every later admission sees a later clock.
     let now = db_now(&mut tx).await?;
-    let mut granted = Granted::default();
-    let mut updates = Vec::new();
-    for row in &rows {
-        match check_scope(&mut tx, row, ask, now).await? {
-            Ok((levels, views)) => {
-                updates.push((row, levels));
-                granted.requests.extend(views.0);
-                granted.tokens.extend(views.1);
-            }
-            Err(refusal) => return Ok(Err(refusal)),
+    let mut scopes = Vec::with_capacity(raws.len());
+    for row in raws.into_iter().filter_map(RawRow::into_row) {
+        scopes.push(ScopeState::load(&mut tx, row, now).await?);
+    }
+    let decisions: Vec<Decision> = asks.iter().map(|ask| decide(&mut scopes, ask)).collect();
+    save_buckets(&mut tx, &scopes, now).await?;
+    insert_reservations(&mut tx, asks, &decisions, now).await?;
+    tx.commit().await?;
+    Ok(decisions)
+}
+
+/// A locked scope during one admission transaction: its live figures and
+/// bucket levels, moved along by every request the batch admits.
+struct ScopeState {
+    row: LimitRow,
+    live: Live,
+    /// Bucket levels at the transaction's `now`, after the batch's takes.
+    rpm: Decimal,
+    tpm: Decimal,
+    taken: bool,
+}
+
+impl ScopeState {
+    async fn load(
+        tx: &mut Transaction<'_, Postgres>,
+        row: LimitRow,
+        now: DateTime<Utc>,
+    ) -> Result<Self, sqlx::Error> {
+        let s = &row.settings;
+        let live = if s.budget.is_some() || s.concurrent_requests.is_some() {
+            let period = s.budget.as_ref().map(|b| b.period);
+            live(tx, row.scope, &row.id, period, now).await?
+        } else {
+            Live::default()
+        };
+        let at = row.bucket_at.unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let level = |limit: Option<i64>, level: Decimal| {
+            limit.map_or(level, |limit| Bucket { limit, level }.level_at(at, now))
+        };
+        Ok(Self {
+            rpm: level(s.requests_per_minute, row.rpm_level),
+            tpm: level(s.tokens_per_minute, row.tpm_level),
+            live,
+            row,
+            taken: false,
+        })
+    }
+
+    fn applies_to(&self, ask: &Ask) -> bool {
+        match self.row.scope {
+            Scope::Key => self.row.id == ask.key_id,
+            Scope::Tenant => self.row.id == ask.tenant,
         }
     }
-    for (row, (rpm, tpm)) in updates {
+
+    /// This scope's verdict on `ask`, taking nothing; the bucket views the
+    /// request would leave.
+    fn check(&self, ask: &Ask) -> Result<Views, Refusal> {
+        let s = &self.row.settings;
+        let scope = self.row.scope;
+        if let Some(b) = &s.budget {
+            let fits = budget::admits(
+                b.mode,
+                b.amount,
+                self.live.spent,
+                self.live.reserved,
+                ask.estimate.cost,
+            );
+            if !fits {
+                return Err(Refusal::Budget { scope });
+            }
+        }
+        if s.concurrent_requests
+            .is_some_and(|max| self.live.open >= max)
+        {
+            return Err(Refusal::Rate {
+                scope,
+                reason: "concurrent_requests",
+                retry_after: 1,
+            });
+        }
+        let rpm = take_view(
+            scope,
+            s.requests_per_minute,
+            self.rpm,
+            1,
+            "requests_per_minute",
+        )?;
+        let tpm = take_view(
+            scope,
+            s.tokens_per_minute,
+            self.tpm,
+            ask.estimate.tokens,
+            "tokens_per_minute",
+        )?;
+        Ok((rpm, tpm))
+    }
+
+    fn take(&mut self, ask: &Ask) {
+        self.live.reserved += ask.estimate.cost;
+        self.live.open += 1;
+        if self.row.settings.requests_per_minute.is_some() {
+            self.rpm -= Decimal::ONE;
+        }
+        if self.row.settings.tokens_per_minute.is_some() {
+            self.tpm -= Decimal::from(ask.estimate.tokens);
+        }
+        self.taken = true;
+    }
+}
+
+type Views = (Option<BucketView>, Option<BucketView>);
+
+/// A rate bucket's verdict on taking `cost`, and the view it would leave.
+fn take_view(
+    scope: Scope,
+    limit: Option<i64>,
+    level: Decimal,
+    cost: i64,
+    reason: &'static str,
+) -> Result<Option<BucketView>, Refusal> {
+    let Some(limit) = limit else {
+        return Ok(None);
+    };
+    if !rate::admits(limit, level, cost) {
+        return Err(Refusal::Rate {
+            scope,
+            reason,
+            retry_after: rate::wait_seconds(limit, level, cost),
+        });
+    }
+    let after = level - Decimal::from(cost);
+    Ok(Some(BucketView {
+        limit,
+        remaining: after
+            .floor()
+            .max(Decimal::ZERO)
+            .mantissa()
+            .try_into()
+            .unwrap_or(0),
+        reset_seconds: rate::reset_seconds(limit, after),
+    }))
+}
+
+/// Every scope of the request must admit it (key first, then tenant, the
+/// lock order); only then does it take from each.
+fn decide(scopes: &mut [ScopeState], ask: &Ask) -> Decision {
+    let mut granted = Granted::default();
+    for scope in scopes.iter().filter(|s| s.applies_to(ask)) {
+        let (rpm, tpm) = scope.check(ask)?;
+        granted.requests.extend(rpm);
+        granted.tokens.extend(tpm);
+    }
+    for scope in scopes.iter_mut().filter(|s| s.applies_to(ask)) {
+        scope.take(ask);
+    }
+    Ok(granted)
+}
+
+async fn save_buckets(
+    tx: &mut Transaction<'_, Postgres>,
+    scopes: &[ScopeState],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    for scope in scopes.iter().filter(|s| s.taken) {
         sqlx::query(
             "UPDATE limits SET rpm_level = $3, tpm_level = $4, bucket_at = $5
              WHERE scope_kind = $1 AND scope_id = $2",
         )
-        .bind(row.scope.as_str())
-        .bind(&row.id)
-        .bind(rpm)
-        .bind(tpm)
+        .bind(scope.row.scope.as_str())
+        .bind(&scope.row.id)
+        .bind(scope.rpm)
+        .bind(scope.tpm)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
     }
-    let ttl = chrono::Duration::from_std(ask.ttl).unwrap_or(chrono::Duration::hours(1));
-    sqlx::query(
-        "INSERT INTO limit_reservations (request_id, tenant_id, api_key_id, estimate, tokens, created_at, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(ask.request_id)
-    .bind(ask.tenant)
-    .bind(ask.key_id)
-    .bind(ask.estimate.cost)
-    .bind(ask.estimate.tokens)
-    .bind(now)
-    .bind(now + ttl)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(Ok(granted))
+    Ok(())
 }
 
-type Levels = (Decimal, Decimal);
-type Views = (Option<BucketView>, Option<BucketView>);
-
-/// One scope's verdict, and its bucket levels after taking this request.
-async fn check_scope(
+/// One statement for the admitted requests of the batch.
+async fn insert_reservations(
     tx: &mut Transaction<'_, Postgres>,
-    row: &LimitRow,
-    ask: &Ask<'_>,
+    asks: &[Ask],
+    decisions: &[Decision],
     now: DateTime<Utc>,
-) -> Result<Result<(Levels, Views), Refusal>, sqlx::Error> {
-    let s = &row.settings;
-    let scope = row.scope;
-    if s.budget.is_some() || s.concurrent_requests.is_some() {
-        let live = live(tx, scope, &row.id, s.budget.as_ref().map(|b| b.period), now).await?;
-        if let Some(b) = &s.budget {
-            if !budget::admits(
-                b.mode,
-                b.amount,
-                live.spent,
-                live.reserved,
-                ask.estimate.cost,
-            ) {
-                return Ok(Err(Refusal::Budget { scope }));
-            }
-        }
-        if let Some(max) = s.concurrent_requests {
-            if live.open >= max {
-                return Ok(Err(Refusal::Rate {
-                    scope,
-                    reason: "concurrent_requests",
-                    retry_after: 1,
-                }));
-            }
-        }
+) -> Result<(), sqlx::Error> {
+    let admitted: Vec<&Ask> = asks
+        .iter()
+        .zip(decisions)
+        .filter(|(_, d)| d.is_ok())
+        .map(|(a, _)| a)
+        .collect();
+    if admitted.is_empty() {
+        return Ok(());
     }
-    let at = row.bucket_at.unwrap_or(DateTime::<Utc>::MIN_UTC);
-    let take = |limit: Option<i64>, level: Decimal, cost: i64, reason| match limit {
-        None => Ok((level, None)),
-        Some(limit) => {
-            let now_level = Bucket { limit, level }.level_at(at, now);
-            if !rate::admits(limit, now_level, cost) {
-                let retry_after = rate::wait_seconds(limit, now_level, cost);
-                return Err(Refusal::Rate {
-                    scope,
-                    reason,
-                    retry_after,
-                });
-            }
-            let after = now_level - Decimal::from(cost);
-            let view = BucketView {
-                limit,
-                remaining: after
-                    .floor()
-                    .max(Decimal::ZERO)
-                    .mantissa()
-                    .try_into()
-                    .unwrap_or(0),
-                reset_seconds: rate::reset_seconds(limit, after),
-            };
-            Ok((after, Some(view)))
-        }
-    };
-    let (rpm, rpm_view) = match take(
-        s.requests_per_minute,
-        row.rpm_level,
-        1,
-        "requests_per_minute",
-    ) {
-        Ok(v) => v,
-        Err(refusal) => return Ok(Err(refusal)),
-    };
-    let (tpm, tpm_view) = match take(
-        s.tokens_per_minute,
-        row.tpm_level,
-        ask.estimate.tokens,
-        "tokens_per_minute",
-    ) {
-        Ok(v) => v,
-        Err(refusal) => return Ok(Err(refusal)),
-    };
-    Ok(Ok(((rpm, tpm), (rpm_view, tpm_view))))
+    let column = |f: fn(&Ask) -> &str| admitted.iter().map(|a| f(a)).collect::<Vec<_>>();
+    let expires: Vec<DateTime<Utc>> = admitted
+        .iter()
+        .map(|a| now + chrono::Duration::from_std(a.ttl).unwrap_or(chrono::Duration::hours(1)))
+        .collect();
+    sqlx::query(
+        "INSERT INTO limit_reservations (request_id, tenant_id, api_key_id, estimate, tokens, created_at, expires_at)
+         SELECT r, t, k, e, n, $6, x
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::int8[], $7::timestamptz[])
+              AS a(r, t, k, e, n, x)",
+    )
+    .bind(column(|a| &a.request_id))
+    .bind(column(|a| &a.tenant))
+    .bind(column(|a| &a.key_id))
+    .bind(admitted.iter().map(|a| a.estimate.cost).collect::<Vec<_>>())
+    .bind(admitted.iter().map(|a| a.estimate.tokens).collect::<Vec<_>>())
+    .bind(now)
+    .bind(expires)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Extends the reservations of requests still open to `ttl` from now (the

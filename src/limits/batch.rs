@@ -1,0 +1,123 @@
+//! Group commit for admission: the requests of limited scopes that arrive
+//! while an admission transaction runs are decided together by the next
+//! one. Each lane (tenants hash onto [`LANES`] of them) runs one
+//! transaction at a time; a request queues on its lane, and whoever holds
+//! the lane's turn takes everything queued (up to [`MAX_BATCH`]) into one
+//! transaction. Under load a busy tenant costs one transaction per batch
+//! instead of one per request, and a burst on one tenant holds at most one
+//! pooled connection per lane (it cannot drain the pool into 503s).
+//!
+//! Decisions are the same as one-at-a-time admission in arrival order
+//! (`store::admit`); across replicas the scope row locks still serialise
+//! the transactions. It owns the queues; it never decides anything itself.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, PoisonError};
+
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+
+use super::store::{self, Ask, Decision};
+use crate::error::ApiError;
+
+/// How many lanes tenants hash onto.
+const LANES: usize = 64;
+/// Most requests one admission transaction decides.
+pub const MAX_BATCH: usize = 256;
+
+struct Waiting {
+    ask: Ask,
+    reply: oneshot::Sender<Result<Decision, ApiError>>,
+}
+
+#[derive(Default)]
+struct Lane {
+    queue: Mutex<VecDeque<Waiting>>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl Lane {
+    fn push(&self, waiting: Waiting) {
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back(waiting);
+    }
+
+    fn next_batch(&self) -> Vec<Waiting> {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = queue.len().min(MAX_BATCH);
+        queue.drain(..n).collect()
+    }
+}
+
+/// The lanes of one gateway.
+pub struct Batcher {
+    lanes: Vec<Lane>,
+}
+
+impl Default for Batcher {
+    fn default() -> Self {
+        Self {
+            lanes: (0..LANES).map(|_| Lane::default()).collect(),
+        }
+    }
+}
+
+impl Batcher {
+    fn lane(&self, tenant: &str) -> &Lane {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        tenant.hash(&mut hasher);
+        let index = usize::try_from(hasher.finish() % LANES as u64).unwrap_or(0);
+        &self.lanes[index]
+    }
+
+    /// Decides `ask` in the next transaction of its lane.
+    pub async fn admit(&self, pool: &PgPool, ask: Ask) -> Result<Decision, ApiError> {
+        let lane = self.lane(&ask.tenant);
+        let (reply, mut decided) = oneshot::channel();
+        lane.push(Waiting { ask, reply });
+        {
+            let _turn = lane.turn.lock().await;
+            loop {
+                match decided.try_recv() {
+                    Ok(result) => return result,
+                    Err(oneshot::error::TryRecvError::Closed) => return Err(dropped()),
+                    Err(oneshot::error::TryRecvError::Empty) => {}
+                }
+                let batch = lane.next_batch();
+                if batch.is_empty() {
+                    // Ours is in a batch whose leader went away (its
+                    // transaction runs on in its own task and replies).
+                    break;
+                }
+                // Its own task: a leader whose client leaves must not cancel
+                // the others' admission halfway.
+                let _ = tokio::spawn(decide(pool.clone(), batch)).await;
+            }
+        }
+        decided.await.unwrap_or_else(|_| Err(dropped()))
+    }
+}
+
+fn dropped() -> ApiError {
+    ApiError::internal("the admission transaction ended without a decision")
+}
+
+async fn decide(pool: PgPool, batch: Vec<Waiting>) {
+    let (asks, replies): (Vec<Ask>, Vec<_>) = batch.into_iter().map(|w| (w.ask, w.reply)).unzip();
+    match store::admit(&pool, &asks).await {
+        Ok(decisions) => {
+            for (reply, decision) in replies.into_iter().zip(decisions) {
+                let _ = reply.send(Ok(decision));
+            }
+        }
+        Err(err) => {
+            let err = ApiError::from(err);
+            for reply in replies {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+    }
+}
