@@ -1,13 +1,15 @@
 //! The SQL of spend control: limit rows, the admission transaction,
 //! settlement of reservations by the ledger writer, and live status reads.
 //!
-//! Admission is one transaction: lock the key's then the tenant's `limits`
-//! row (`ORDER BY scope_kind, scope_id ... FOR UPDATE`, the one global order
-//! every locker here uses, so no two transactions deadlock), read the
-//! database clock, the ledger's spend of the period, the open reservations,
-//! the buckets; decide; then save the buckets and insert the reservation.
-//! Concurrent admissions for the same scope therefore run one after another
-//! on any replica, each seeing the reservations of those before it.
+//! Admission is one transaction per batch of requests (`super::batch`):
+//! lock the `limits` rows of their keys and tenants (`ORDER BY scope_kind,
+//! scope_id ... FOR UPDATE`, the one global order every locker here uses,
+//! so no two transactions deadlock), read the database clock, each scope's
+//! spend of the period (`limit_spend`), open reservations and buckets;
+//! decide the requests in order; then save the buckets and insert the
+//! reservations. Admissions for the same scope therefore run one batch
+//! after another on any replica, each seeing the reservations of those
+//! before it.
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;

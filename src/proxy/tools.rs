@@ -69,15 +69,27 @@ impl ToolPlan {
     }
 }
 
-/// `web_search,code_interpreter`, or `None` when nothing was dropped.
+/// Most distinct tool types [`dropped_list`] names: the header and the row
+/// stay small whatever a client offers.
+const MAX_LISTED: usize = 16;
+
+/// `web_search,code_interpreter` (each type once, in the client's order,
+/// at most [`MAX_LISTED`] then `...`), or `None` when nothing was dropped.
 pub fn dropped_list(dropped: &[Dropped]) -> Option<String> {
-    (!dropped.is_empty()).then(|| {
-        dropped
-            .iter()
-            .map(|d| d.kind.as_str())
-            .collect::<Vec<_>>()
-            .join(",")
-    })
+    if dropped.is_empty() {
+        return None;
+    }
+    let mut kinds: Vec<&str> = Vec::new();
+    for d in dropped {
+        if !kinds.contains(&d.kind.as_str()) {
+            kinds.push(&d.kind);
+        }
+    }
+    if kinds.len() > MAX_LISTED {
+        kinds.truncate(MAX_LISTED);
+        kinds.push("...");
+    }
+    Some(kinds.join(","))
 }
 
 /// The tenant's policy applied to what [`plan`] dropped: under `refuse` the
@@ -342,6 +354,29 @@ mod tests {
             Some("web_search,code_interpreter")
         );
         assert_eq!(plan.dropped[1].index, 2);
+    }
+
+    #[test]
+    fn the_dropped_list_names_each_type_once_and_stays_bounded() {
+        let dropped = |kinds: &[String]| -> Vec<Dropped> {
+            kinds
+                .iter()
+                .enumerate()
+                .map(|(index, kind)| Dropped {
+                    index,
+                    kind: kind.clone(),
+                })
+                .collect()
+        };
+        let repeated = vec!["web_search".to_owned(); 5000];
+        assert_eq!(
+            dropped_list(&dropped(&repeated)).as_deref(),
+            Some("web_search")
+        );
+        let many: Vec<String> = (0..100).map(|i| format!("web_search_{i}")).collect();
+        let listed = dropped_list(&dropped(&many)).unwrap();
+        assert_eq!(listed.split(',').count(), MAX_LISTED + 1);
+        assert!(listed.ends_with(",..."));
     }
 
     #[test]
