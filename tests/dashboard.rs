@@ -162,7 +162,36 @@ async fn dashboard_in_a_real_browser(pool: PgPool) {
     }
     let gw = TestGateway::start(pool.clone()).await;
     let traffic = traffic(&gw).await;
+    // Real limits for the limits panel: a tenant budget and a key rate.
+    let (status, _) = gw
+        .admin(
+            reqwest::Method::PUT,
+            "/admin/limits/tenants/acme",
+            Some(json!({"budget": {"amount": "50.00", "period": "month", "mode": "hard"}})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let key_status: Value = gw
+        .http
+        .get(gw.url("/v1/key"))
+        .bearer_auth(&traffic.acme_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (status, _) = gw
+        .admin(
+            reqwest::Method::PUT,
+            &format!("/admin/limits/keys/{}", key_status["id"].as_str().unwrap()),
+            Some(json!({"rate": {"requests_per_minute": 600}})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let tenant_budget = key_status["limits"]["tenant"]["budget"].clone();
     let info = json!({
+        "limits": {"tenant_budget": tenant_budget},
         "tenant": "acme",
         "other_tenant": "globex",
         "other_models": ["gpt-5.2"],

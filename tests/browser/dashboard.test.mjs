@@ -198,30 +198,24 @@ async function checkReloadAndRange(page, token, usagePath) {
 }
 
 /**
- * The limits panel against a CONTRACT §8-shaped `GET /v1/key` answer. The
- * gateway under test may not serve spend control yet, so this one answer is
- * supplied by the test (page.route) to check the rendering; the real
- * endpoint's 404 path is checked by the other pages.
+ * The limits panel against the gateway's real `GET /v1/key`: the test set a
+ * tenant budget and a key rate; the panel must show the budget's figures to
+ * the last digit, and its spend must equal the ledger's sum for the tenant.
  */
 async function checkLimitsRendering(context) {
   const page = await context.newPage();
   watch(page);
-  await page.route(`${origin}/v1/key`, (route) => route.fulfill({
-    status: 200, contentType: "application/json",
-    body: JSON.stringify({ id: "key_demo", tenant: info.tenant, name: "demo", limits: {
-      key: { rate: { requests_per_minute: { limit: 600, remaining: 598, reset_seconds: 1 } } },
-      tenant: { budget: { amount: "50.00", period: "month", mode: "hard", spent: "12.3456789",
-        reserved: "0.01", remaining: "37.6443211", resets_at: "2027-01-01T00:00:00Z", overrun: "0" } },
-    } }),
-  }));
   await page.setViewportSize({ width: 1280, height: 900 });
   await signIn(page, tenantKey);
   await tab(page, "limits");
+  await page.waitForFunction(() => document.getElementById("limits").textContent.includes("Budget"));
   const text = await page.textContent("#limits");
-  assert.ok(text.includes("12.3456789 spent + 0.01 reserved of 50.00 USD per month (hard)"), text);
-  assert.ok(text.includes("Remaining 37.6443211"), text);
-  assert.ok(text.includes("requests per minute: 598 of 600 left"), text);
-  console.log("ok limits panel renders a §8 status");
+  const b = info.limits.tenant_budget;
+  assert.equal(b.spent, info.expected.tenant.cost, "spent is the ledger's sum for the tenant");
+  assert.ok(text.includes(`${b.spent} spent + ${b.reserved} reserved of ${b.amount} USD per month (hard)`), text);
+  assert.ok(text.includes(`Remaining ${b.remaining}`), text);
+  assert.ok(text.includes("requests per minute: 600 of 600 left"), text);
+  console.log(`ok limits panel shows the real status: ${b.spent} of ${b.amount} spent`);
   await shot(page, "limits-sample");
   await page.close();
 }
