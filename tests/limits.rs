@@ -78,6 +78,18 @@ async fn settled(gw: &TestGateway, rows: usize) {
             .unwrap();
         if open == 0 || Instant::now() > deadline {
             assert_eq!(open, 0, "reservations left open");
+            // The rows' counters came back down with the reservations.
+            let (reserved, requests): (Decimal, i64) = sqlx::query_as(
+                "SELECT coalesce(sum(abs(reserved)), 0), coalesce(sum(abs(open_requests)), 0)::int8 FROM limits",
+            )
+            .fetch_one(&gw.pool)
+            .await
+            .unwrap();
+            assert_eq!(
+                (reserved, requests),
+                (Decimal::ZERO, 0),
+                "counters left over"
+            );
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -643,4 +655,62 @@ async fn the_spend_budgets_read_equals_the_ledger_through_every_change(pool: PgP
         .await
         .unwrap();
     assert_eq!(diff().await, (0, 0), "after a delete");
+}
+
+/// A dead replica's reservation (admitted, never settled, never renewed)
+/// holds until it expires, then the sweep gives its slot and budget back.
+#[sqlx::test]
+async fn an_expired_reservation_of_a_dead_replica_is_swept_off_the_counters(pool: PgPool) {
+    let gw = TestGateway::start_with(pool.clone(), |c| c.limits.reservation_ttl_secs = 3).await;
+    gw.set_price("gpt-5.5", gpt55_price()).await;
+    let key = gw.key("acme").await;
+    put_limits(
+        &gw,
+        "/admin/limits/tenants/acme",
+        json!({"budget": {"amount": "1.00"}, "rate": {"concurrent_requests": 1}}),
+    )
+    .await;
+    // What another replica's admission left when it died: the reservation
+    // and the counters it moved, expiring in 2 s.
+    let key_id = key_id(&gw, &key).await;
+    sqlx::query(
+        "INSERT INTO limit_reservations (request_id, tenant_id, api_key_id, estimate, tokens, created_at, expires_at)
+         VALUES ('req_dead_replica', 'acme', $1, 0.25, 100, now(), now() + interval '2 seconds')",
+    )
+    .bind(&key_id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE limits SET reserved = reserved + 0.25, open_requests = open_requests + 1 WHERE scope_id = 'acme'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let refused = gw.create(&key, known_cost_body()).await;
+    assert_eq!(
+        refused.status(),
+        429,
+        "the dead replica's request holds the slot"
+    );
+    let (_, status) = get_key(&gw, &key).await;
+    assert_eq!(status["limits"]["tenant"]["budget"]["reserved"], "0.25");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, status) = get_key(&gw, &key).await;
+        if status["limits"]["tenant"]["budget"]["reserved"] == "0" {
+            assert_eq!(
+                status["limits"]["tenant"]["rate"]["concurrent_requests"]["remaining"],
+                1
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the expired reservation was not swept: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(gw.create(&key, known_cost_body()).await.status(), 200);
+    settled(&gw, 2).await;
+    gw.shutdown().await;
 }

@@ -78,26 +78,25 @@ impl Batcher {
         let lane = self.lane(&ask.tenant);
         let (reply, mut decided) = oneshot::channel();
         lane.push(Waiting { ask, reply });
-        {
-            let _turn = lane.turn.lock().await;
-            loop {
-                match decided.try_recv() {
-                    Ok(result) => return result,
-                    Err(oneshot::error::TryRecvError::Closed) => return Err(dropped()),
-                    Err(oneshot::error::TryRecvError::Empty) => {}
+        loop {
+            tokio::select! {
+                biased;
+                // Decided by another's transaction: no need for the turn.
+                result = &mut decided => return result.unwrap_or_else(|_| Err(dropped())),
+                turn = lane.turn.lock() => {
+                    let batch = lane.next_batch();
+                    if batch.is_empty() {
+                        // Ours is in a batch still running (its leader went
+                        // away; the transaction runs on in its own task).
+                        drop(turn);
+                        return decided.await.unwrap_or_else(|_| Err(dropped()));
+                    }
+                    // Its own task: a leader whose client leaves must not
+                    // cancel the others' admission halfway.
+                    let _ = tokio::spawn(decide(pool.clone(), batch)).await;
                 }
-                let batch = lane.next_batch();
-                if batch.is_empty() {
-                    // Ours is in a batch whose leader went away (its
-                    // transaction runs on in its own task and replies).
-                    break;
-                }
-                // Its own task: a leader whose client leaves must not cancel
-                // the others' admission halfway.
-                let _ = tokio::spawn(decide(pool.clone(), batch)).await;
             }
         }
-        decided.await.unwrap_or_else(|_| Err(dropped()))
     }
 }
 

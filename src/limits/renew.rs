@@ -3,10 +3,11 @@
 //! (or quarantined), and a background task extends the registered
 //! reservations every third of their lifetime. A stream of any length thus
 //! holds its budget, tokens and concurrency slot until its last byte, while
-//! the holds of a replica that died lapse one lifetime after it stopped.
+//! the holds of a replica that died lapse one lifetime after it stopped:
+//! the same loop sweeps expired reservations off their scopes' counters.
 //!
 //! It owns the in-process registry and the renewal loop; it never decides
-//! admission and never releases a reservation (settlement does).
+//! admission and never releases a live reservation (settlement does).
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
@@ -51,14 +52,19 @@ fn due() -> Vec<String> {
     open.keys().cloned().collect()
 }
 
-/// Runs until shutdown: every `ttl / 3`, extends the registered
-/// reservations to `ttl` from the database's now.
+/// How often expired reservations are swept off their scopes' counters
+/// (at most; every tick when the lifetime is shorter).
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Runs until shutdown: every `ttl / 3` (at most [`SWEEP_EVERY`]), extends
+/// the registered reservations to `ttl` from the database's now and sweeps
+/// the expired ones of any replica (a dead one's) off the counters.
 pub fn spawn(state: &Arc<AppState>) {
     let ttl = Duration::from_secs(state.config.limits.reservation_ttl_secs);
     let pool = state.pool.clone();
     let stop = state.shutdown.clone();
     state.tasks.spawn(async move {
-        let mut tick = tokio::time::interval(ttl / 3);
+        let mut tick = tokio::time::interval((ttl / 3).min(SWEEP_EVERY));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
@@ -66,15 +72,24 @@ pub fn spawn(state: &Arc<AppState>) {
                 () = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let ids = due();
-            if ids.is_empty() {
-                continue;
-            }
-            if let Err(err) = store::extend(&pool, &ids, ttl).await {
-                tracing::warn!(error = %err, open = ids.len(), "renewing limit reservations failed; retried next round");
+            renew(&pool, ttl).await;
+            match store::sweep_expired(&pool).await {
+                Ok(0) => {}
+                Ok(swept) => tracing::info!(swept, "expired limit reservations released"),
+                Err(err) => tracing::warn!(error = %err, "sweeping expired limit reservations failed; retried next round"),
             }
         }
     });
+}
+
+async fn renew(pool: &sqlx::PgPool, ttl: Duration) {
+    let ids = due();
+    if ids.is_empty() {
+        return;
+    }
+    if let Err(err) = store::extend(pool, &ids, ttl).await {
+        tracing::warn!(error = %err, open = ids.len(), "renewing limit reservations failed; retried next round");
+    }
 }
 
 #[cfg(test)]

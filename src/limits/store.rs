@@ -181,6 +181,7 @@ pub async fn list(pool: &PgPool) -> Result<Vec<LimitRow>, sqlx::Error> {
 pub async fn put(pool: &PgPool, scope: Scope, id: &str, s: &Settings) -> Result<(), sqlx::Error> {
     let budget = s.budget.as_ref();
     let alerts = s.alerts.as_ref();
+    let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO limits (scope_kind, scope_id, budget_amount, budget_period, budget_mode,
             requests_per_minute, tokens_per_minute, concurrent_requests, rpm_level, tpm_level, bucket_at,
@@ -205,9 +206,23 @@ pub async fn put(pool: &PgPool, scope: Scope, id: &str, s: &Settings) -> Result<
     .bind(s.concurrent_requests)
     .bind(alerts.map(|a| a.thresholds.clone()))
     .bind(alerts.map(|a| a.webhook_url.as_str()))
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
-    Ok(())
+    // With the row locked, the counters start from the reservations as they
+    // are: every admission or release of this scope is before (seen) or
+    // after (moves the counters from here).
+    let col = scope.column();
+    sqlx::query(&format!(
+        "UPDATE limits SET
+            reserved = (SELECT coalesce(sum(estimate), 0) FROM limit_reservations WHERE {col} = $2),
+            open_requests = (SELECT count(*) FROM limit_reservations WHERE {col} = $2)
+         WHERE scope_kind = $1 AND scope_id = $2"
+    ))
+    .bind(scope.as_str())
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
 }
 
 pub async fn delete(pool: &PgPool, scope: Scope, id: &str) -> Result<bool, sqlx::Error> {
@@ -225,9 +240,9 @@ pub struct Live {
     /// The ledger's cost sum since the period start (from `limit_spend`,
     /// the per-day sums the database keeps with every ledger change).
     pub spent: Decimal,
-    /// Estimates of the scope's open reservations.
+    /// Estimates of the scope's open reservations (the row's counter).
     pub reserved: Decimal,
-    /// Open reservations: requests in flight.
+    /// Open reservations: requests in flight (the row's counter).
     pub open: i64,
     pub overrun: Decimal,
 }
@@ -251,14 +266,13 @@ pub async fn live(
     let (spent, reserved, open, overrun): (Decimal, Decimal, i64, Decimal) = sqlx::query_as(&format!(
         "SELECT
             (SELECT coalesce(sum(spent), 0) FROM limit_spend
-              WHERE scope_kind = $4 AND scope_id = $1 AND day >= ($2 AT TIME ZONE 'UTC')::date),
-            (SELECT coalesce(sum(estimate), 0) FROM limit_reservations WHERE {col} = $1 AND expires_at > $3),
-            (SELECT count(*) FROM limit_reservations WHERE {col} = $1 AND expires_at > $3),
+              WHERE scope_kind = $3 AND scope_id = $1 AND day >= ($2 AT TIME ZONE 'UTC')::date),
+            (SELECT coalesce(max(reserved), 0) FROM limits WHERE scope_kind = $3 AND scope_id = $1),
+            (SELECT coalesce(max(open_requests), 0) FROM limits WHERE scope_kind = $3 AND scope_id = $1),
             (SELECT coalesce(sum(overrun), 0) FROM limit_overruns WHERE {col} = $1 AND started_at >= $2)"
     ))
     .bind(id)
     .bind(since(period, now))
-    .bind(now)
     .bind(scope.as_str())
     .fetch_one(&mut *conn)
     .await?;
@@ -365,12 +379,9 @@ impl ScopeState {
         now: DateTime<Utc>,
     ) -> Result<Self, sqlx::Error> {
         let s = &row.settings;
-        let live = if s.budget.is_some() || s.concurrent_requests.is_some() {
-            let period = s.budget.as_ref().map(|b| b.period);
-            live(tx, row.scope, &row.id, period, now).await?
-        } else {
-            Live::default()
-        };
+        // Always read: the counters are saved back with the batch's takes.
+        let period = s.budget.as_ref().map(|b| b.period);
+        let live = live(tx, row.scope, &row.id, period, now).await?;
         let at = row.bucket_at.unwrap_or(DateTime::<Utc>::MIN_UTC);
         let level = |limit: Option<i64>, level: Decimal| {
             limit.map_or(level, |limit| Bucket { limit, level }.level_at(at, now))
@@ -502,7 +513,8 @@ async fn save_buckets(
 ) -> Result<(), sqlx::Error> {
     for scope in scopes.iter().filter(|s| s.taken) {
         sqlx::query(
-            "UPDATE limits SET rpm_level = $3, tpm_level = $4, bucket_at = $5
+            "UPDATE limits SET rpm_level = $3, tpm_level = $4, bucket_at = $5,
+                reserved = $6, open_requests = $7
              WHERE scope_kind = $1 AND scope_id = $2",
         )
         .bind(scope.row.scope.as_str())
@@ -510,6 +522,8 @@ async fn save_buckets(
         .bind(scope.rpm)
         .bind(scope.tpm)
         .bind(now)
+        .bind(scope.live.reserved)
+        .bind(scope.live.open)
         .execute(&mut **tx)
         .await?;
     }
@@ -589,7 +603,7 @@ pub async fn settle(pool: &PgPool, rows: &[Settled<'_>]) -> Result<(), sqlx::Err
     let costs: Vec<Option<Decimal>> = rows.iter().map(|r| r.cost).collect();
     let tokens: Vec<i64> = rows.iter().map(|r| r.total_tokens).collect();
     let mut tx = pool.begin().await?;
-    let refunds: Vec<(String, String, i64)> = sqlx::query_as(
+    let refunds: Vec<Release> = sqlx::query_as(
         "WITH actual AS (
             SELECT * FROM unnest($1::text[], $2::numeric[], $3::int8[]) AS a(request_id, cost, tokens)),
          settled AS (
@@ -601,35 +615,69 @@ pub async fn settle(pool: &PgPool, rows: &[Settled<'_>]) -> Result<(), sqlx::Err
             SELECT request_id, tenant_id, api_key_id, estimate, cost, cost - estimate, created_at
             FROM settled WHERE cost > estimate
             ON CONFLICT (request_id) DO NOTHING)
-         SELECT 'key', api_key_id, sum(held - tokens)::int8 FROM settled GROUP BY api_key_id
+         SELECT 'key', api_key_id, sum(held - tokens)::int8, sum(estimate), count(*) FROM settled GROUP BY api_key_id
          UNION ALL
-         SELECT 'tenant', tenant_id, sum(held - tokens)::int8 FROM settled GROUP BY tenant_id",
+         SELECT 'tenant', tenant_id, sum(held - tokens)::int8, sum(estimate), count(*) FROM settled GROUP BY tenant_id",
     )
     .bind(&ids)
     .bind(&costs)
     .bind(&tokens)
     .fetch_all(&mut *tx)
     .await?;
-    refund_tokens(&mut tx, refunds).await?;
+    release(&mut tx, refunds).await?;
     tx.commit().await
 }
 
-/// Lock order as in admission (kind, id), so settlement and admission never
-/// deadlock.
-async fn refund_tokens(
+/// Deletes the reservations past their expiry (their replica died or lost
+/// the database) and takes them off their scopes' counters; their tokens
+/// stay taken (the actual is unknown). How many were swept.
+pub async fn sweep_expired(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let gone: Vec<Release> = sqlx::query_as(
+        "WITH gone AS (
+            DELETE FROM limit_reservations WHERE expires_at <= clock_timestamp()
+            RETURNING tenant_id, api_key_id, estimate)
+         SELECT 'key', api_key_id, 0::int8, sum(estimate), count(*) FROM gone GROUP BY api_key_id
+         UNION ALL
+         SELECT 'tenant', tenant_id, 0::int8, sum(estimate), count(*) FROM gone GROUP BY tenant_id",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let swept = gone
+        .iter()
+        .filter(|r| r.0 == "key")
+        .map(|r| u64::try_from(r.4).unwrap_or(0))
+        .sum();
+    release(&mut tx, gone).await?;
+    tx.commit().await?;
+    Ok(swept)
+}
+
+/// Per scope: tokens to give back, and the estimate sum and count of the
+/// reservations that ended.
+type Release = (String, String, i64, Decimal, i64);
+
+/// Takes ended reservations off their scopes: the counters, and the tokens
+/// the estimates held beyond the actuals. Lock order as in admission (kind,
+/// id), so settlement and admission never deadlock.
+async fn release(
     tx: &mut Transaction<'_, Postgres>,
-    mut refunds: Vec<(String, String, i64)>,
+    mut released: Vec<Release>,
 ) -> Result<(), sqlx::Error> {
-    refunds.retain(|r| r.2 != 0);
-    refunds.sort();
-    for (kind, id, refund) in refunds {
+    released.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    for (kind, id, refund, estimate, count) in released {
         sqlx::query(
-            "UPDATE limits SET tpm_level = least(tokens_per_minute, tpm_level + $3)
-             WHERE scope_kind = $1 AND scope_id = $2 AND tokens_per_minute IS NOT NULL",
+            "UPDATE limits SET
+                tpm_level = CASE WHEN tokens_per_minute IS NULL THEN tpm_level
+                                 ELSE least(tokens_per_minute, tpm_level + $3) END,
+                reserved = reserved - $4, open_requests = open_requests - $5
+             WHERE scope_kind = $1 AND scope_id = $2",
         )
         .bind(kind)
         .bind(id)
         .bind(refund)
+        .bind(estimate)
+        .bind(count)
         .execute(&mut **tx)
         .await?;
     }

@@ -504,6 +504,15 @@ pub(crate) async fn throughput(opts: ThroughputOptions) -> Result<Vec<SummaryRow
             opts.latency_seconds
         );
         for target in &targets {
+            // The limited route only at its own rate (above its saturation
+            // an open loop measures a growing queue), beside direct and the
+            // unlimited route.
+            let limits_rate = label == "Tollgate with limits";
+            if (target.name == "tollgate+limits" && !limits_rate)
+                || (target.name == "nginx" && limits_rate)
+            {
+                continue;
+            }
             let result = open_loop(target, r, opts.latency_seconds, opts.connections).await?;
             let l = &result.latencies;
             println!(
