@@ -631,8 +631,9 @@ pub(crate) async fn throughput(opts: ThroughputOptions) -> Result<Vec<SummaryRow
         md,
         "\nLimits on vs off: `tollgate+limits` is the Tollgate route with a key whose key *and* \
          tenant both carry a hard monthly budget, requests and tokens per minute and a concurrency \
-         limit (set with `tollgate limits set`, far too high to refuse): every request reserves in \
-         one database transaction and is settled by the ledger writer. Its saturation is {:.2}× the \
+         limit (set with `tollgate limits set`, far too high to refuse): every request is admitted \
+         by a group-committed database transaction (one per batch of waiting requests) and \
+         settled by the ledger writer. Its saturation is {:.2}× the \
          unlimited route's ({limited:.0} vs {tollgate:.0} req/s); at {limited_rate:.0} req/s (half \
          its own saturation) it adds p50 {:+.0} µs, p99 {:+.0} µs over the unlimited route.",
         limited / tollgate.max(1e-9),
