@@ -590,7 +590,7 @@ async fn the_history_records_which_token_made_each_change(pool: PgPool) {
 
 const SAMPLE_FILE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/reference/litellm-model-prices.sample.json"
+    "/tests/fixtures/litellm-model-prices.sample.json"
 );
 
 /// Every OpenAI text model of the LiteLLM sample is imported, and each price
