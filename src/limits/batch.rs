@@ -108,9 +108,14 @@ async fn decide(pool: PgPool, batch: Vec<Waiting>) {
     let (asks, replies): (Vec<Ask>, Vec<_>) = batch.into_iter().map(|w| (w.ask, w.reply)).unzip();
     match store::admit(&pool, &asks).await {
         Ok(decisions) => {
-            for (reply, decision) in replies.into_iter().zip(decisions) {
-                let _ = reply.send(Ok(decision));
+            let mut gone = Vec::new();
+            for ((reply, decision), ask) in replies.into_iter().zip(decisions).zip(&asks) {
+                let admitted = decision.is_ok();
+                if reply.send(Ok(decision)).is_err() && admitted {
+                    gone.push(ask);
+                }
             }
+            release_abandoned(&pool, &gone).await;
         }
         Err(err) => {
             let err = ApiError::from(err);
@@ -118,5 +123,86 @@ async fn decide(pool: PgPool, batch: Vec<Waiting>) {
                 let _ = reply.send(Err(err.clone()));
             }
         }
+    }
+}
+
+/// Requests whose clients left while they waited for admission were never
+/// forwarded: their reservations are released at once, as for a row of no
+/// cost, instead of holding until they expire.
+async fn release_abandoned(pool: &PgPool, gone: &[&Ask]) {
+    if gone.is_empty() {
+        return;
+    }
+    let settled: Vec<store::Settled<'_>> = gone
+        .iter()
+        .map(|ask| store::Settled {
+            request_id: &ask.request_id,
+            cost: None,
+            total_tokens: 0,
+        })
+        .collect();
+    if let Err(err) = store::settle(pool, &settled).await {
+        tracing::warn!(error = %err, requests = gone.len(), "releasing abandoned admissions failed; they expire");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::limits::store::{Scope, Settings};
+    use crate::limits::Estimate;
+
+    fn ask(id: &str) -> Ask {
+        Ask {
+            request_id: id.to_owned(),
+            tenant: "acme".to_owned(),
+            key_id: "key_a".to_owned(),
+            estimate: Estimate {
+                cost: rust_decimal::Decimal::new(1, 2),
+                tokens: 10,
+            },
+            ttl: std::time::Duration::from_secs(900),
+        }
+    }
+
+    /// A request whose client leaves while it waits on the lane is decided
+    /// with the others, and its reservation is released at once.
+    #[sqlx::test(migrations = "./migrations")]
+    async fn an_abandoned_admission_releases_its_reservation(pool: PgPool) {
+        let settings = Settings {
+            concurrent_requests: Some(10),
+            ..Settings::default()
+        };
+        store::put(&pool, Scope::Tenant, "acme", &settings)
+            .await
+            .unwrap();
+        let batcher = std::sync::Arc::new(Batcher::default());
+        let lane = batcher.lane("acme");
+        let held = lane.turn.lock().await;
+        let abandoned = {
+            let (batcher, pool) = (batcher.clone(), pool.clone());
+            tokio::spawn(async move { batcher.admit(&pool, ask("req_gone")).await })
+        };
+        while lane.queue.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        abandoned.abort();
+        let _ = abandoned.await;
+        drop(held);
+
+        let kept = batcher.admit(&pool, ask("req_kept")).await.unwrap();
+        assert!(kept.is_ok());
+        let open: Vec<String> =
+            sqlx::query_scalar("SELECT request_id FROM limit_reservations ORDER BY request_id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(open, ["req_kept"]);
+        let counted: i64 = sqlx::query_scalar("SELECT open_requests FROM limits")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(counted, 1);
     }
 }
