@@ -142,3 +142,51 @@ async fn the_handshake_needs_a_key(pool: PgPool) {
     }
     assert!(gw.rows(0).await.is_empty());
 }
+
+/// `stream_id` names the client's lane: it never reaches the upstream (it
+/// is not part of a POST) and every event of its response echoes it,
+/// refusals included.
+#[sqlx::test]
+async fn a_stream_id_is_echoed_on_its_events_and_not_forwarded(pool: PgPool) {
+    let gw = TestGateway::start(pool).await;
+    gw.set_price("gpt-5.5", gpt55_price()).await;
+    let key = gw.key("acme").await;
+    let mut socket = open(&gw, &key).await.unwrap();
+    socket
+        .send(Message::Text(
+            json!({"type": "response.create", "stream_id": "lane-a", "model": "turing/gpt-5.5",
+                   "input": "hi", "metadata": {"mock_usage": "10,0,20,0"}})
+            .to_string()
+            .into(),
+        ))
+        .await
+        .unwrap();
+    let mut events = 0;
+    loop {
+        let event = next_event(&mut socket).await;
+        assert_eq!(event["stream_id"], "lane-a", "{event}");
+        events += 1;
+        if event["type"] == "response.completed" {
+            break;
+        }
+    }
+    assert!(events > 2);
+    socket
+        .send(Message::Text(
+            json!({"type": "response.create", "stream_id": "lane-b", "model": "turing/nope", "input": "x"})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+    let error = next_event(&mut socket).await;
+    assert_eq!(
+        (error["type"].as_str(), error["stream_id"].as_str()),
+        (Some("error"), Some("lane-b"))
+    );
+    socket.close(None).await.unwrap();
+    gw.rows(2).await;
+    let forwarded = gw.mock.requests();
+    assert_eq!(forwarded.len(), 1);
+    assert!(forwarded[0].json().unwrap().get("stream_id").is_none());
+}

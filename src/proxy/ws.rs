@@ -9,8 +9,12 @@
 //! (and is metered as rejected by that path). Responses run one after another
 //! on a connection; a socket closed mid-response drops the streaming body,
 //! which the metered body records like a client that left a stream.
+//! `stream_id` (the WebSocket lane, not part of a POST) is taken out of the
+//! forwarded body and echoed on every event of its response; responses run
+//! in arrival order, which keeps every lane first-in first-out.
 //!
-//! Never: parses or re-encodes the events it relays.
+//! Never: parses or re-encodes the events it relays (an echoed `stream_id`
+//! is spliced in front of the event's own bytes).
 
 use std::sync::Arc;
 
@@ -53,8 +57,8 @@ async fn serve(state: Arc<AppState>, headers: HeaderMap, mut socket: WebSocket) 
             Message::Close(_) => return,
             _ => continue,
         };
-        let body = match create_body(text.as_str()) {
-            Ok(body) => body,
+        let (body, lane) = match create_body(text.as_str()) {
+            Ok(created) => created,
             Err(message) => {
                 if send_error(&mut socket, 400, "invalid_request_error", &message).await {
                     continue;
@@ -63,7 +67,7 @@ async fn serve(state: Arc<AppState>, headers: HeaderMap, mut socket: WebSocket) 
             }
         };
         let response = routed(&state, &headers, Body::from(body), Routed::Create).await;
-        match relay(&mut socket, response).await {
+        match relay(&mut socket, response, lane.as_deref()).await {
             Relayed::Done => {}
             Relayed::Next(message) => pending = Some(message),
             Relayed::Gone => return,
@@ -71,10 +75,11 @@ async fn serve(state: Arc<AppState>, headers: HeaderMap, mut socket: WebSocket) 
     }
 }
 
-/// The message as a create body: `type` dropped, `stream: true` forced,
-/// every other member the client's bytes (duplicates kept, so the create
-/// path refuses them as it would a POST).
-fn create_body(text: &str) -> Result<Bytes, String> {
+/// The message as a create body: `type` and `stream_id` dropped, `stream:
+/// true` forced, every other member the client's bytes (duplicates kept, so
+/// the create path refuses them as it would a POST); and the `stream_id`
+/// as its raw JSON, to echo.
+fn create_body(text: &str) -> Result<(Bytes, Option<String>), String> {
     let members: Members = serde_json::from_str(text)
         .map_err(|_| "A message must be a JSON object with a 'type'.".to_owned())?;
     let kind = members
@@ -88,12 +93,25 @@ fn create_body(text: &str) -> Result<Bytes, String> {
             kind.map_or_else(|| "(none)".to_owned(), |k| format!("'{k}'"))
         ));
     }
+    let lane = match members.0.iter().find(|(k, _)| k == "stream_id") {
+        None => None,
+        Some((_, v)) => match serde_json::from_str::<String>(v.get()) {
+            Ok(id) if id.len() <= MAX_STREAM_ID && !id.chars().any(char::is_control) => {
+                Some(serde_json::to_string(&id).map_err(|e| e.to_string())?)
+            }
+            _ => {
+                return Err(format!(
+                    "'stream_id' must be a string of at most {MAX_STREAM_ID} characters without control characters."
+                ))
+            }
+        },
+    };
     let mut out = String::with_capacity(text.len() + 16);
     out.push('{');
     for (key, value) in members
         .0
         .iter()
-        .filter(|(k, _)| k != "type" && k != "stream")
+        .filter(|(k, _)| k != "type" && k != "stream" && k != "stream_id")
     {
         out.push_str(&serde_json::to_string(key.as_ref()).map_err(|e| e.to_string())?);
         out.push(':');
@@ -101,7 +119,23 @@ fn create_body(text: &str) -> Result<Bytes, String> {
         out.push(',');
     }
     out.push_str("\"stream\":true}");
-    Ok(Bytes::from(out))
+    Ok((Bytes::from(out), lane))
+}
+
+/// Longest `stream_id` accepted.
+const MAX_STREAM_ID: usize = 256;
+
+/// The event with `"stream_id": <lane>` as its first member, the rest its
+/// own bytes.
+fn on_lane(event: String, lane: Option<&str>) -> String {
+    match (lane, event.strip_prefix('{')) {
+        (Some(lane), Some(rest)) => {
+            let rest = rest.trim_start();
+            let comma = if rest.starts_with('}') { "" } else { "," };
+            format!("{{\"stream_id\":{lane}{comma}{rest}")
+        }
+        _ => event,
+    }
 }
 
 /// Sends an `error` message; false when the socket is gone.
@@ -124,7 +158,7 @@ enum Relayed {
     Gone,
 }
 
-async fn relay(socket: &mut WebSocket, response: Response) -> Relayed {
+async fn relay(socket: &mut WebSocket, response: Response, lane: Option<&str>) -> Relayed {
     let status = response.status();
     let is_sse = response
         .headers()
@@ -144,7 +178,8 @@ async fn relay(socket: &mut WebSocket, response: Response) -> Relayed {
             .and_then(|v| v.get("error").cloned())
             .unwrap_or(serde_json::Value::Null);
         let event = serde_json::json!({"type": "error", "status": status.as_u16(), "error": error});
-        return match socket.send(Message::Text(event.to_string().into())).await {
+        let event = on_lane(event.to_string(), lane);
+        return match socket.send(Message::Text(event.into())).await {
             Ok(()) => Relayed::Done,
             Err(_) => Relayed::Gone,
         };
@@ -158,6 +193,7 @@ async fn relay(socket: &mut WebSocket, response: Response) -> Relayed {
                     if let Ok(data) = frame.into_data() {
                         buffer.extend_from_slice(&data);
                         for event in take_events(&mut buffer) {
+                            let event = on_lane(event, lane);
                             if socket.send(Message::Text(event.into())).await.is_err() {
                                 return Relayed::Gone;
                             }
@@ -223,10 +259,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_stream_id_is_taken_out_and_echoed_on_each_event() {
+        let (body, lane) =
+            create_body(r#"{"type":"response.create","stream_id":"lane-1","model":"m"}"#).unwrap();
+        assert_eq!(&body[..], br#"{"model":"m","stream":true}"#);
+        assert_eq!(lane.as_deref(), Some(r#""lane-1""#));
+        assert_eq!(
+            on_lane(
+                r#"{"type":"response.created","x":1.50}"#.to_owned(),
+                lane.as_deref()
+            ),
+            r#"{"stream_id":"lane-1","type":"response.created","x":1.50}"#
+        );
+        assert_eq!(
+            on_lane("{}".to_owned(), lane.as_deref()),
+            r#"{"stream_id":"lane-1"}"#
+        );
+        assert_eq!(on_lane("{\"a\":1}".to_owned(), None), "{\"a\":1}");
+        for bad in [r#"1"#, r#""a\u0000""#, &format!("\"{}\"", "x".repeat(300))] {
+            let message = format!(r#"{{"type":"response.create","stream_id":{bad}}}"#);
+            assert!(create_body(&message).is_err(), "{bad}");
+        }
+        let parsed: serde_json::Value = serde_json::from_str(&on_lane(
+            r#"{"type":"error"}"#.to_owned(),
+            Some(r#""q\"uote""#),
+        ))
+        .unwrap();
+        assert_eq!(parsed["stream_id"], "q\"uote");
+    }
+
+    #[test]
     fn a_create_message_becomes_a_streaming_body() {
-        let body = create_body(r#"{"type":"response.create","model":"m","stream":false,"x":1.50}"#)
-            .unwrap();
+        let (body, lane) =
+            create_body(r#"{"type":"response.create","model":"m","stream":false,"x":1.50}"#)
+                .unwrap();
         assert_eq!(&body[..], br#"{"model":"m","x":1.50,"stream":true}"#);
+        assert_eq!(lane, None);
         assert!(create_body(r#"{"type":"session.update"}"#).is_err());
         assert!(create_body("[1]").is_err());
     }
