@@ -78,11 +78,20 @@ pub struct ScopeArg {
 
 impl ScopeArg {
     fn split(&self) -> (limits::store::Scope, &str) {
-        match (&self.tenant, &self.key) {
-            (Some(tenant), _) => (limits::store::Scope::Tenant, tenant),
-            (None, Some(key)) => (limits::store::Scope::Key, key),
-            (None, None) => unreachable!("clap requires one of --tenant and --key"),
-        }
+        chosen_scope(self.tenant.as_deref(), self.key.as_deref())
+            .unwrap_or_else(|| unreachable!("clap requires one of --tenant and --key"))
+    }
+}
+
+/// The scope `--tenant` or `--key` names (clap lets at most one through).
+fn chosen_scope<'a>(
+    tenant: Option<&'a str>,
+    key: Option<&'a str>,
+) -> Option<(limits::store::Scope, &'a str)> {
+    match (tenant, key) {
+        (Some(tenant), _) => Some((limits::store::Scope::Tenant, tenant)),
+        (None, Some(key)) => Some((limits::store::Scope::Key, key)),
+        (None, None) => None,
     }
 }
 
@@ -348,17 +357,13 @@ async fn limits_command(
             };
             let (scope, id) = scope.split();
             let can_sign = !config.alerts.signing_secret.is_empty();
-            let (status, _) = limits::api::set(pool, scope, id, body.as_bytes(), can_sign).await?;
-            serde_json::to_value(status)?
+            serde_json::to_value(
+                limits::api::set(pool, scope, id, body.as_bytes(), can_sign).await?,
+            )?
         }
         LimitsCommand::Show { tenant, key } => {
-            let wanted = match (tenant, key) {
-                (Some(tenant), _) => Some((limits::store::Scope::Tenant, tenant)),
-                (None, Some(key)) => Some((limits::store::Scope::Key, key)),
-                (None, None) => None,
-            };
-            match wanted {
-                Some((scope, id)) => match limits::api::status_of(pool, scope, &id).await? {
+            match chosen_scope(tenant.as_deref(), key.as_deref()) {
+                Some((scope, id)) => match limits::api::status_of(pool, scope, id).await? {
                     Some(status) => serde_json::to_value(status)?,
                     None => anyhow::bail!("no limits are set for {} '{id}'", scope.as_str()),
                 },

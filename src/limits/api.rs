@@ -216,15 +216,14 @@ async fn check_scope(pool: &PgPool, scope: Scope, id: &str) -> Result<(), ApiErr
 
 /// Replaces a scope's limits with a CONTRACT §8 body: the one write path of
 /// the admin API and `tollgate limits set`. Nothing changes on error.
-/// Alerts need a gateway that can sign webhooks (`can_sign`). Also says
-/// whether the scope now has alerts.
+/// Alerts need a gateway that can sign webhooks (`can_sign`).
 pub async fn set(
     pool: &PgPool,
     scope: Scope,
     id: &str,
     bytes: &[u8],
     can_sign: bool,
-) -> Result<(Option<ScopeStatus>, bool), ApiError> {
+) -> Result<ScopeStatus, ApiError> {
     let settings = body::parse(bytes)?;
     if settings.alerts.is_some() && !can_sign {
         return Err(ApiError::unprocessable(
@@ -235,7 +234,9 @@ pub async fn set(
     }
     check_scope(pool, scope, id).await?;
     store::put(pool, scope, id, &settings).await?;
-    Ok((status_of(pool, scope, id).await?, settings.alerts.is_some()))
+    status_of(pool, scope, id)
+        .await?
+        .ok_or_else(|| ApiError::internal("the limits just stored are gone"))
 }
 
 /// Removes a scope's limits; 404 when it had none.
@@ -260,9 +261,9 @@ async fn put_limits(
 ) -> Result<Response, ApiError> {
     require_admin(state, headers)?;
     let can_sign = !state.config.alerts.signing_secret.is_empty();
-    let (status, alerting) = set(&state.pool, scope, id, bytes, can_sign).await?;
+    let status = set(&state.pool, scope, id, bytes, can_sign).await?;
     changed(state).await;
-    if alerting {
+    if status.alerts.is_some() {
         // Spend may already be past a threshold.
         state.alerts.touch(scope, id);
     }
