@@ -184,8 +184,25 @@ async fn a_stream_id_is_echoed_on_its_events_and_not_forwarded(pool: PgPool) {
         (error["type"].as_str(), error["stream_id"].as_str()),
         (Some("error"), Some("lane-b"))
     );
+    // A hostile lane (NUL, or huge): refused like a bad body, one rejected row.
+    for bad in [json!("a\u{0}b"), json!("x".repeat(100_000))] {
+        socket
+            .send(Message::Text(
+                json!({"type": "response.create", "stream_id": bad, "model": "turing/gpt-5.5", "input": "x"})
+                    .to_string()
+                    .into(),
+            ))
+            .await
+            .unwrap();
+        let error = next_event(&mut socket).await;
+        assert_eq!(error["type"], "error");
+        assert_eq!(error["status"], 400);
+        assert_eq!(error["error"]["param"], "stream_id");
+    }
     socket.close(None).await.unwrap();
-    gw.rows(2).await;
+    let rows = gw.rows(4).await;
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows.iter().filter(|r| r.status == "rejected").count(), 3);
     let forwarded = gw.mock.requests();
     assert_eq!(forwarded.len(), 1);
     assert!(forwarded[0].json().unwrap().get("stream_id").is_none());

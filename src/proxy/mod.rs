@@ -156,6 +156,19 @@ async fn routed(state: &AppState, headers: &HeaderMap, body: Body, kind: Routed)
     with_request_id(response, &request_id)
 }
 
+/// A request refused before it could take the create path (a WebSocket
+/// `response.create` whose envelope is wrong): one rejected row, and the
+/// error as the answer.
+async fn refused(state: &AppState, headers: &HeaderMap, kind: Routed, err: ApiError) -> Response {
+    let meter = match open_meter(state, headers, kind.endpoint()).await {
+        Ok(meter) => meter,
+        Err(response) => return response,
+    };
+    let request_id = meter.request_id().to_owned();
+    meter.reject(&err);
+    with_request_id(err.into_response(), &request_id)
+}
+
 /// One model to try, with what the fallback rules give it, already checked.
 struct Candidate {
     model: String,

@@ -27,7 +27,8 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 
 use super::tools::indexmap_free::Members;
-use super::{authorization, routed, Routed};
+use super::{authorization, refused, routed, Routed};
+use crate::error::ApiError;
 use crate::state::AppState;
 
 /// `GET /v1/responses` upgraded to a WebSocket.
@@ -57,16 +58,21 @@ async fn serve(state: Arc<AppState>, headers: HeaderMap, mut socket: WebSocket) 
             Message::Close(_) => return,
             _ => continue,
         };
-        let (body, lane) = match create_body(text.as_str()) {
-            Ok(created) => created,
-            Err(message) => {
+        let (response, lane) = match create_body(text.as_str()) {
+            Ok((body, lane)) => (
+                routed(&state, &headers, Body::from(body), Routed::Create).await,
+                lane,
+            ),
+            Err(Unserved::BadCreate(err)) => {
+                (refused(&state, &headers, Routed::Create, err).await, None)
+            }
+            Err(Unserved::NotCreate(message)) => {
                 if send_error(&mut socket, 400, "invalid_request_error", &message).await {
                     continue;
                 }
                 return;
             }
         };
-        let response = routed(&state, &headers, Body::from(body), Routed::Create).await;
         match relay(&mut socket, response, lane.as_deref()).await {
             Relayed::Done => {}
             Relayed::Next(message) => pending = Some(message),
@@ -79,30 +85,34 @@ async fn serve(state: Arc<AppState>, headers: HeaderMap, mut socket: WebSocket) 
 /// true` forced, every other member the client's bytes (duplicates kept, so
 /// the create path refuses them as it would a POST); and the `stream_id`
 /// as its raw JSON, to echo.
-fn create_body(text: &str) -> Result<(Bytes, Option<String>), String> {
-    let members: Members = serde_json::from_str(text)
-        .map_err(|_| "A message must be a JSON object with a 'type'.".to_owned())?;
+fn create_body(text: &str) -> Result<(Bytes, Option<String>), Unserved> {
+    let members: Members = serde_json::from_str(text).map_err(|_| {
+        Unserved::NotCreate("A message must be a JSON object with a 'type'.".to_owned())
+    })?;
     let kind = members
         .0
         .iter()
         .find(|(k, _)| k == "type")
         .and_then(|(_, v)| serde_json::from_str::<String>(v.get()).ok());
     if kind.as_deref() != Some("response.create") {
-        return Err(format!(
+        return Err(Unserved::NotCreate(format!(
             "Unsupported message type {}; expected 'response.create'.",
             kind.map_or_else(|| "(none)".to_owned(), |k| format!("'{k}'"))
-        ));
+        )));
     }
     let lane = match members.0.iter().find(|(k, _)| k == "stream_id") {
         None => None,
         Some((_, v)) => match serde_json::from_str::<String>(v.get()) {
             Ok(id) if id.len() <= MAX_STREAM_ID && !id.chars().any(char::is_control) => {
-                Some(serde_json::to_string(&id).map_err(|e| e.to_string())?)
+                Some(serde_json::Value::from(id).to_string())
             }
             _ => {
-                return Err(format!(
-                    "'stream_id' must be a string of at most {MAX_STREAM_ID} characters without control characters."
-                ))
+                return Err(Unserved::BadCreate(ApiError::invalid_value(
+                    "stream_id",
+                    format!(
+                        "'stream_id' must be a string of at most {MAX_STREAM_ID} characters without control characters."
+                    ),
+                )))
             }
         },
     };
@@ -113,13 +123,22 @@ fn create_body(text: &str) -> Result<(Bytes, Option<String>), String> {
         .iter()
         .filter(|(k, _)| k != "type" && k != "stream" && k != "stream_id")
     {
-        out.push_str(&serde_json::to_string(key.as_ref()).map_err(|e| e.to_string())?);
+        out.push_str(&serde_json::Value::from(key.as_ref()).to_string());
         out.push(':');
         out.push_str(value.get());
         out.push(',');
     }
     out.push_str("\"stream\":true}");
     Ok((Bytes::from(out), lane))
+}
+
+/// A message the create path does not serve: not a `response.create` at
+/// all (an error event, no row: it asked for nothing), or a create whose
+/// envelope is wrong (refused like a bad POST body: one rejected row).
+#[derive(Debug)]
+enum Unserved {
+    NotCreate(String),
+    BadCreate(ApiError),
 }
 
 /// Longest `stream_id` accepted.
