@@ -6,7 +6,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sqlx::migrate::MigrateDatabase;
 
 use crate::config::{Config, ProcessEnv};
 use crate::mock_upstream::MockUpstream;
@@ -186,11 +185,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo { listen } => crate::demo::run(cli.config.as_deref(), listen).await,
         command => {
             let config = Config::load(cli.config.as_deref(), &ProcessEnv)?;
-            let pool = connect_and_migrate(&config).await?;
+            let pool = state::connect_and_migrate(&config).await?;
             match command {
                 Command::Serve => serve(config, pool).await,
                 Command::Migrate => {
-                    println!("migrations applied to {}", redact_url(&config.database_url));
+                    println!(
+                        "migrations applied to {}",
+                        state::redact_url(&config.database_url)
+                    );
                     Ok(())
                 }
                 Command::Keys { command } => keys(&pool, command).await,
@@ -202,37 +204,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Creates the database when it does not exist yet, then migrates it.
-pub async fn connect_and_migrate(config: &Config) -> anyhow::Result<sqlx::PgPool> {
-    let url = &config.database_url;
-    if !sqlx::Postgres::database_exists(url)
-        .await
-        .with_context(|| format!("cannot reach the database at {}", redact_url(url)))?
-    {
-        sqlx::Postgres::create_database(url)
-            .await
-            .with_context(|| format!("cannot create the database {}", redact_url(url)))?;
-    }
-    let pool = state::connect(config)
-        .await
-        .with_context(|| format!("cannot connect to {}", redact_url(url)))?;
-    state::migrate(&pool).await.context("migration failed")?;
-    Ok(pool)
-}
-
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
 pub async fn serve(config: Config, pool: sqlx::PgPool) -> anyhow::Result<()> {
     let listen = config.listen.clone();
     let (state, background) = server::build_state(config, pool).await?;
@@ -240,30 +211,8 @@ pub async fn serve(config: Config, pool: sqlx::PgPool) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(%listen, "tollgate serving");
-    server::run(listener, state, background, shutdown_signal()).await?;
+    server::run(listener, state, background, server::shutdown_signal()).await?;
     Ok(())
-}
-
-/// SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
 }
 
 async fn keys(pool: &sqlx::PgPool, command: KeysCommand) -> anyhow::Result<()> {
@@ -416,10 +365,10 @@ mod tests {
     #[test]
     fn database_passwords_are_not_printed() {
         assert_eq!(
-            redact_url("postgres://u:pw@h:5432/db"),
+            state::redact_url("postgres://u:pw@h:5432/db"),
             "postgres://u:***@h:5432/db"
         );
-        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(state::redact_url("postgres://u@h/db"), "postgres://u@h/db");
     }
 
     #[test]

@@ -8,7 +8,6 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::cli::{connect_and_migrate, shutdown_signal};
 use crate::config::{Config, ProcessEnv, Secret, UpstreamConfig, UpstreamKind};
 use crate::mock_upstream::MockUpstream;
 use crate::pgtemp::TempCluster;
@@ -54,7 +53,7 @@ pub async fn run(config_path: Option<&Path>, listen: SocketAddr) -> anyhow::Resu
     }
     config.validate()?;
 
-    let pool = connect_and_migrate(&config).await?;
+    let pool = crate::state::connect_and_migrate(&config).await?;
     let report = pricing::litellm::parse_litellm(BUNDLED_PRICES)?;
     pricing::import_sheets(&pool, &report.imported, "demo").await?;
     let key = auth::create_key(&pool, "demo", "demo key").await?;
@@ -66,7 +65,7 @@ pub async fn run(config_path: Option<&Path>, listen: SocketAddr) -> anyhow::Resu
     let prefix = config.model_prefix.clone();
     let (state, background) = server::build_state(config, pool).await?;
     print_tour(listen, &key.key, &admin_token, &prefix);
-    server::run(listener, state, background, shutdown_signal()).await?;
+    server::run(listener, state, background, server::shutdown_signal()).await?;
     drop(cluster);
     Ok(())
 }

@@ -13,16 +13,17 @@ pub mod error;
 pub mod telemetry;
 
 pub mod auth;
+pub mod background;
 pub mod ledger;
 pub mod limits;
 pub mod metering;
 pub mod pricing;
 pub mod proxy;
-pub mod reconcile;
 pub mod sse;
 pub mod usage;
 
 pub mod admin;
+pub mod jobs;
 pub mod reports;
 
 pub mod cli;

@@ -123,6 +123,13 @@ pub struct QuarantineList {
     pub total: i64,
 }
 
+/// `GET /admin/jobs`.
+#[derive(ToSchema)]
+pub struct JobList {
+    pub object: String,
+    pub data: Vec<crate::jobs::JobStatus>,
+}
+
 /// One entry of `GET /v1/models`, as OpenAI shapes it.
 #[derive(ToSchema)]
 pub struct Model {

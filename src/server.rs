@@ -1,6 +1,6 @@
 //! Starts and stops a gateway: builds the [`AppState`], starts its
 //! background loops (ledger writer, price listener and reloader, background
-//! response reconciler, budget alert detection and delivery), binds the listening socket and runs the shutdown
+//! response settlement, budget alert detection and delivery), binds the listening socket and runs the shutdown
 //! sequence.
 //!
 //! Connections are accepted by our own loop ([`accept`]) and served one task
@@ -74,7 +74,7 @@ pub async fn build_state(
     });
     spawn_price_reloader(&state);
     crate::limits::renew::spawn(&state);
-    crate::reconcile::spawn(&state);
+    crate::background::spawn(&state);
     crate::limits::alerts::spawn(&state);
     spawn_price_listener(&state);
     Ok((state, Background { writer }))
@@ -219,4 +219,26 @@ pub async fn run(
     // The rows' spans were queued as they were recorded; export the rest.
     let _ = tokio::task::spawn_blocking(crate::telemetry::traces::shutdown).await;
     Ok(())
+}
+
+/// SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
 }

@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::Context;
+use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -146,4 +148,36 @@ impl Drop for Slot {
 
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
+}
+
+/// Creates the database when it does not exist yet, then migrates it.
+pub async fn connect_and_migrate(config: &Config) -> anyhow::Result<sqlx::PgPool> {
+    let url = &config.database_url;
+    if !sqlx::Postgres::database_exists(url)
+        .await
+        .with_context(|| format!("cannot reach the database at {}", redact_url(url)))?
+    {
+        sqlx::Postgres::create_database(url)
+            .await
+            .with_context(|| format!("cannot create the database {}", redact_url(url)))?;
+    }
+    let pool = connect(config)
+        .await
+        .with_context(|| format!("cannot connect to {}", redact_url(url)))?;
+    migrate(&pool).await.context("migration failed")?;
+    Ok(pool)
+}
+
+/// The database URL with its password replaced by `***`, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
 }

@@ -432,7 +432,7 @@ async fn the_reconciler_settles_impossible_usage_as_invalid_and_goes_on(pool: Pg
         "pri\u{0}ority",
         "gpt-5.5",
     );
-    let settled = tollgate::reconcile::settle_pending(&gw.state)
+    let settled = tollgate::background::settle_pending(&gw.state)
         .await
         .unwrap();
     assert_eq!(settled, 2, "both settled, none blocked");

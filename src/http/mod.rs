@@ -30,7 +30,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{admin, limits, proxy, reports};
+use crate::{admin, jobs, limits, proxy, reports};
 
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.body_limit_bytes;
@@ -85,6 +85,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/ledger/quarantine", get(admin::list_quarantine))
         .route("/admin/limits", get(limits::api::list))
         .route("/admin/alerts", get(limits::alerts::api::list))
+        .route("/admin/jobs", get(jobs::api::list))
         .route(
             "/admin/limits/tenants/{tenant}",
             put(limits::api::put_tenant)

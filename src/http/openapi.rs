@@ -55,6 +55,7 @@ pub const OPENAI_SPEC: &str = "https://github.com/openai/openai-openapi";
         crate::limits::api::list,
         crate::limits::api::key_status,
         crate::limits::alerts::api::list,
+        crate::jobs::api::list,
         super::health::healthz,
         super::health::readyz,
         super::metrics::metrics_endpoint,

@@ -88,12 +88,12 @@ impl LedgerHandle {
         &self.stats
     }
 
-    /// Wakes the background reconciler (a response it may settle finished).
+    /// Wakes the background settler (a response it may settle finished).
     pub fn nudge_background(&self) {
         self.background.notify_one();
     }
 
-    /// What the background reconciler waits on besides its timer.
+    /// What the background settler waits on besides its timer.
     pub fn background_signal(&self) -> Arc<tokio::sync::Notify> {
         self.background.clone()
     }

@@ -1,7 +1,7 @@
 //! A background response is billed before it can be deleted: `DELETE
 //! /v1/responses/{id}` of a response whose row is still `queued` first learns
 //! its final state from the upstream (retrieve; cancel if it is still
-//! running) and settles the row through the reconciler's settle, then lets the
+//! running) and settles the row through `background::settle_response`, then lets the
 //! delete go ahead. If the final state cannot be learnt, the delete is
 //! refused (503, retryable) rather than let the bill escape.
 
@@ -10,9 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 
+use crate::background;
 use crate::error::ApiError;
 use crate::proxy::upstream::{encode_path_segment, Upstream};
-use crate::reconcile;
 use crate::state::AppState;
 use crate::usage::ResponseSummary;
 
@@ -28,7 +28,7 @@ pub async fn before_delete(
 ) -> Result<(), ApiError> {
     // The create's row may still be on its way to the database.
     state.ledger.flush().await;
-    if !reconcile::is_queued(&state.pool, id).await? {
+    if !background::is_queued(&state.pool, id).await? {
         return Ok(());
     }
     let unsettled = || {
@@ -47,7 +47,7 @@ pub async fn before_delete(
     if !is_final(&summary) {
         return Err(unsettled());
     }
-    reconcile::settle_response(state, id, summary).await?;
+    background::settle_response(state, id, summary).await?;
     Ok(())
 }
 

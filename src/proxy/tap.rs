@@ -156,7 +156,7 @@ impl MeteredBody {
         // The exchange ended without usage but we know the response (a cut
         // stream, an `error` event): the upstream may still hold its usage.
         let usage_missing = outcome.summary.as_ref().is_none_or(|s| s.usage.is_none());
-        // Background responses (`Queued`) are settled by the reconciler instead.
+        // Background responses (`Queued`) are settled by `background` instead.
         // A drain cut at its bound records at once: recovering would
         // stretch the bound it was cut for.
         let recoverable = !matches!(

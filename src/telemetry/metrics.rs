@@ -36,6 +36,10 @@ pub const LIMIT_REJECTIONS: &str = "tollgate_limit_rejections_total";
 pub const ALERTS_RECORDED: &str = "tollgate_alerts_recorded_total";
 pub const ALERTS_DELIVERED: &str = "tollgate_alerts_delivered_total";
 pub const ALERT_DELIVERY_FAILURES: &str = "tollgate_alerts_delivery_failures_total";
+pub const JOB_STEPS: &str = "tollgate_job_steps_total";
+pub const JOB_LAST_SUCCESS: &str = "tollgate_job_last_success_timestamp_seconds";
+pub const JOB_LAG_ROWS: &str = "tollgate_job_lag_rows";
+pub const JOB_LAG_SECONDS: &str = "tollgate_job_lag_seconds";
 
 /// Latency buckets, seconds: sub-millisecond gateway work up to the
 /// five-minute request timeout.
@@ -118,6 +122,22 @@ fn describe() {
     describe_counter!(
         ALERT_DELIVERY_FAILURES,
         "Budget alert delivery attempts that failed (retried with backoff)."
+    );
+    describe_counter!(
+        JOB_STEPS,
+        "Background job steps this replica ran, by job and outcome (ok, error)."
+    );
+    describe_gauge!(
+        JOB_LAST_SUCCESS,
+        "Unix time of the last successful step of each job on this replica."
+    );
+    describe_gauge!(
+        JOB_LAG_ROWS,
+        "Work a job reported waiting after its last step on this replica, in rows."
+    );
+    describe_gauge!(
+        JOB_LAG_SECONDS,
+        "Age of the oldest work a job reported waiting after its last step on this replica."
     );
 }
 
@@ -223,6 +243,24 @@ pub fn record_alert_delivery(delivered: bool) {
         ALERT_DELIVERY_FAILURES
     };
     metrics::counter!(name).increment(1);
+}
+
+/// One background job step (`progress` is `None` when it failed).
+pub fn record_job_step(job: &str, progress: Option<&crate::jobs::Progress>) {
+    let outcome = if progress.is_some() { "ok" } else { "error" };
+    metrics::counter!(JOB_STEPS, "job" => job.to_owned(), "outcome" => outcome).increment(1);
+    let Some(progress) = progress else { return };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    metrics::gauge!(JOB_LAST_SUCCESS, "job" => job.to_owned()).set(now);
+    if let Some(rows) = progress.lag_rows {
+        metrics::gauge!(JOB_LAG_ROWS, "job" => job.to_owned()).set(rows as f64);
+    }
+    if let Some(seconds) = progress.lag_seconds {
+        metrics::gauge!(JOB_LAG_SECONDS, "job" => job.to_owned()).set(seconds);
+    }
 }
 
 /// Publishes the writer's counters; called when `/metrics` is scraped.
