@@ -186,7 +186,12 @@ async fn settle(
     .bind(anomaly)
     .execute(pool)
     .await?;
-    Ok(result.rows_affected() == 1)
+    let settled = result.rows_affected() == 1;
+    if settled {
+        // Its cost is in the ledger's spend now: spend control's hold ends.
+        crate::limits::settle_background(request_id, billing.cost, usage.total_tokens);
+    }
+    Ok(settled)
 }
 
 /// Whether `response_id` has a row still waiting for its background result.

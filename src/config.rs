@@ -366,17 +366,43 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    /// How long a reservation holds without being renewed. The replica
-    /// serving a request renews it every third of this while the request is
-    /// open, so only the reservations of a replica that died lapse, this
-    /// long after it stopped renewing.
-    pub reservation_ttl_secs: u64,
+    /// How long a replica's slice of a scope holds without renewal. The
+    /// replica renews it every second while it serves the scope; a dead
+    /// replica's slice lapses this long after its last renewal, and through
+    /// a database outage a replica admits from its slices for at most this
+    /// long after its last sync.
+    pub lease_ttl_secs: u64,
+    /// How often a replica syncs the slices it used (refill ahead of need,
+    /// report what is open, hand back what it does not need).
+    pub lease_sync_ms: u64,
+    /// How many seconds of a scope's recent demand a slice keeps ready (and
+    /// so covers through a database outage), never more than half of what
+    /// is free per sync.
+    pub lease_cover_secs: u64,
+    /// How long a request's hold is kept when its row never reaches the
+    /// ledger (refused by the database) or its background response never
+    /// settles; it then ends as if it had cost its estimate.
+    pub max_hold_secs: u64,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
-            reservation_ttl_secs: 15 * 60,
+            lease_ttl_secs: 120,
+            lease_sync_ms: 1000,
+            lease_cover_secs: 30,
+            max_hold_secs: 24 * 60 * 60,
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn leases(&self) -> crate::limits::LeaseSettings {
+        crate::limits::LeaseSettings {
+            ttl: Duration::from_secs(self.lease_ttl_secs),
+            every: Duration::from_millis(self.lease_sync_ms),
+            cover: Duration::from_secs(self.lease_cover_secs),
+            max_hold: Duration::from_secs(self.max_hold_secs),
         }
     }
 }
@@ -610,8 +636,21 @@ impl Config {
                 }
             }
         }
-        if self.limits.reservation_ttl_secs < 3 {
-            return Err(invalid("limits.reservation_ttl_secs", "must be at least 3"));
+        let l = &self.limits;
+        if l.lease_ttl_secs < 2 {
+            return Err(invalid("limits.lease_ttl_secs", "must be at least 2"));
+        }
+        if !(10..=60_000).contains(&l.lease_sync_ms) || l.lease_sync_ms >= l.lease_ttl_secs * 250 {
+            return Err(invalid(
+                "limits.lease_sync_ms",
+                "must be 10-60000 and below a quarter of lease_ttl_secs",
+            ));
+        }
+        if !(1..=3600).contains(&l.lease_cover_secs) {
+            return Err(invalid("limits.lease_cover_secs", "must be 1-3600"));
+        }
+        if l.max_hold_secs < 60 {
+            return Err(invalid("limits.max_hold_secs", "must be at least 60"));
         }
         if self.background_poll_secs == 0 {
             return Err(invalid("background_poll_secs", "must be at least 1"));

@@ -17,6 +17,7 @@ pub mod background;
 pub mod ledger;
 pub mod limits;
 pub mod metering;
+pub mod notify;
 pub mod pricing;
 pub mod proxy;
 pub mod sse;

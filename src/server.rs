@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::ledger::{spawn_watched_writer, spool::Spool};
-use crate::pricing::notify::{self, Reloaded};
+use crate::notify::{self, Reloaded};
 use crate::pricing::PriceBook;
 use crate::proxy::route::Routes;
 use crate::state::{AppState, TenantSlots};
@@ -63,7 +63,7 @@ pub async fn build_state(
         exports: TenantSlots::new(config.database.exports_per_tenant as usize),
         prices,
         ledger,
-        limits: Default::default(),
+        limits: Arc::new(crate::limits::Limits::new(config.limits.leases())),
         alerts,
         routes,
         tasks: TaskTracker::new(),
@@ -73,9 +73,17 @@ pub async fn build_state(
         pool,
     });
     spawn_price_reloader(&state);
-    crate::limits::renew::spawn(&state);
+    state
+        .limits
+        .spawn(&state.tasks, &state.pool, &state.shutdown);
     crate::background::spawn(&state);
-    crate::limits::alerts::spawn(&state);
+    crate::limits::alerts::spawn(
+        &state.tasks,
+        &state.pool,
+        &state.alerts,
+        &state.config.alerts,
+        &state.shutdown,
+    );
     spawn_price_listener(&state);
     Ok((state, Background { writer }))
 }
@@ -88,7 +96,11 @@ fn spawn_price_listener(state: &Arc<AppState>) {
     let stop = state.shutdown.clone();
     state
         .tasks
-        .spawn(notify::follow_price_changes(pool, stop, move |trigger| {
+        .spawn(notify::follow(
+            pool,
+            crate::pricing::NOTIFY_CHANNEL,
+            stop,
+            move |trigger| {
             let weak = weak.clone();
             async move {
                 let Some(state) = weak.upgrade() else {
@@ -102,7 +114,8 @@ fn spawn_price_listener(state: &Arc<AppState>) {
                     }
                 }
             }
-        }));
+            },
+        ));
 }
 
 /// Periodic full reload: the safety net behind the listener.
@@ -216,6 +229,9 @@ pub async fn run(
     if let Err(err) = background.writer.await {
         tracing::error!(error = %err, "ledger writer failed");
     }
+    // Every row is stored or spooled: slices with nothing open go back now
+    // rather than lapsing (those covering spooled rows lapse).
+    state.limits.release_idle(&state.pool).await;
     // The rows' spans were queued as they were recorded; export the rest.
     let _ = tokio::task::spawn_blocking(crate::telemetry::traces::shutdown).await;
     Ok(())

@@ -39,8 +39,9 @@ pub struct AppState {
     pub auth: Authenticator,
     pub prices: PriceBook,
     pub ledger: LedgerHandle,
-    /// Which scopes have limits (spend control; see [`crate::limits`]).
-    pub limits: crate::limits::Limits,
+    /// Limit settings and this replica's slices (spend control; see
+    /// [`crate::limits`]).
+    pub limits: Arc<crate::limits::Limits>,
     /// Which scopes have budget alerts, and what waits for a check (shared
     /// with the ledger writer; see [`crate::limits::alerts`]).
     pub alerts: Arc<crate::limits::alerts::Alerts>,

@@ -490,21 +490,7 @@ async fn bad_alert_bodies_are_422_naming_the_field_and_change_nothing(pool: PgPo
 const ADMIN: &str = "alerts-replicas-admin";
 
 async fn reservations_released(pool: &PgPool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let open: i64 = sqlx::query_scalar("SELECT count(*) FROM limit_reservations")
-            .fetch_one(pool)
-            .await
-            .unwrap();
-        if open == 0 {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "reservations left open"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::limits_settled(pool).await;
 }
 
 #[sqlx::test]

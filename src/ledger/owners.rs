@@ -16,6 +16,31 @@ use sqlx::PgPool;
 pub struct Owner {
     pub tenant: String,
     pub upstream: Option<String>,
+    /// What a follow-up carries over from it: its recorded input + output
+    /// tokens (its whole context), `None` when its usage is not known
+    /// (still running, cut, or not reported). Spend control bounds hidden
+    /// input with it.
+    pub context_tokens: Option<i64>,
+}
+
+impl Owner {
+    /// The owner a stored or recorded row says, with its context when its
+    /// usage is what the upstream reported (or recovered).
+    pub fn of_row(
+        tenant: String,
+        upstream: Option<String>,
+        status: &str,
+        usage_source: &str,
+        input_tokens: i64,
+        output_tokens: i64,
+    ) -> Self {
+        let known = status != "queued" && matches!(usage_source, "reported" | "recovered");
+        Self {
+            tenant,
+            upstream,
+            context_tokens: known.then(|| input_tokens.saturating_add(output_tokens)),
+        }
+    }
 }
 
 /// Endpoints whose rows create a response another request may refer to.
@@ -57,13 +82,18 @@ pub async fn owner_of(
     if let Some(owner) = recent.get(response_id) {
         return Ok(Some(owner));
     }
-    let row: Option<(String, Option<String>)> = sqlx::query_as(
-        "SELECT tenant_id, upstream FROM usage_ledger
+    let row: Option<(String, Option<String>, String, String, i64, i64)> = sqlx::query_as(
+        "SELECT tenant_id, upstream, status, usage_source, input_tokens, output_tokens
+         FROM usage_ledger
          WHERE response_id = $1 AND endpoint = ANY($2) ORDER BY started_at LIMIT 1",
     )
     .bind(response_id)
     .bind(&CREATING_ENDPOINTS[..])
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|(tenant, upstream)| Owner { tenant, upstream }))
+    Ok(
+        row.map(|(tenant, upstream, status, source, input, output)| {
+            Owner::of_row(tenant, upstream, &status, &source, input, output)
+        }),
+    )
 }

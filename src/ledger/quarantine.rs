@@ -82,9 +82,8 @@ async fn quarantine(pool: &PgPool, row: &LedgerRow, err: &sqlx::Error) -> Result
     .bind(raw)
     .execute(pool)
     .await?;
-    // Its spend is unknown to the ledger: the reservation is not released,
-    // only no longer renewed, so it keeps counting until it lapses.
-    crate::limits::renew::closed([row.request_id.as_str()]);
+    // Its spend is unknown to the ledger: spend control keeps its hold
+    // (`[limits] max_hold_secs`), so it keeps counting.
     Ok(())
 }
 

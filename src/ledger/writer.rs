@@ -61,10 +61,14 @@ impl LedgerHandle {
             if CREATING_ENDPOINTS.contains(&row.endpoint.as_str()) {
                 self.recent.remember(
                     id,
-                    Owner {
-                        tenant: row.tenant.clone(),
-                        upstream: row.upstream.clone(),
-                    },
+                    Owner::of_row(
+                        row.tenant.clone(),
+                        row.upstream.clone(),
+                        &row.status,
+                        &row.usage_source,
+                        row.input_tokens,
+                        row.output_tokens,
+                    ),
                 );
             }
         }
@@ -477,7 +481,7 @@ pub(crate) async fn insert_rows(pool: &PgPool, rows: &[LedgerRow]) -> Result<(),
     .await?;
     // Only now is the rows' spend visible to admission: release what the
     // requests reserved (spend control; a no-op without limits).
-    crate::limits::settle_stored(pool, rows).await;
+    crate::limits::settle_stored(rows);
     Ok(())
 }
 

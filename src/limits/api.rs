@@ -54,10 +54,14 @@ pub struct BudgetStatus {
     pub mode: &'static str,
     /// The ledger's cost sum for the period.
     pub spent: String,
-    /// Estimates of the requests in flight.
+    /// Estimates of the requests in flight, as the replicas last reported
+    /// them (at least every second while they serve the scope).
     pub reserved: String,
     /// amount − spent − reserved (may be negative after an overrun).
     pub remaining: String,
+    /// What the replicas' slices hold of the budget, reserved included
+    /// (the rest of it is what they may still admit without asking).
+    pub leased: String,
     /// Null for `total`.
     pub resets_at: Option<DateTime<Utc>>,
     /// The period's excess of actual over estimated cost.
@@ -118,6 +122,7 @@ async fn status(pool: &PgPool, row: &LimitRow) -> Result<ScopeStatus, sqlx::Erro
         remaining: (b.amount - live.spent - live.reserved)
             .normalize()
             .to_string(),
+        leased: live.leased.to_string(),
         resets_at: b.period.resets_at(now),
         overrun: live.overrun.to_string(),
     });

@@ -1,34 +1,40 @@
 //! Spend control (CONTRACT §8): budgets and rate limits per tenant and per
 //! key, exact across every replica sharing the database.
 //!
-//! It owns the `limits`, `limit_reservations` and `limit_overruns` tables,
-//! admission ([`admit`], one call on the request path between validation and
-//! routing), settlement ([`settle_stored`], called by the ledger writer once
-//! a batch of rows is stored), the status reads and the `/admin/limits` and
-//! `/v1/key` handlers ([`api`]), and budget threshold alerts ([`alerts`]:
-//! the outbox, its webhook delivery and `/admin/alerts`). It never forwards,
-//! prices or writes ledger rows.
+//! It owns the `limits`, `limit_leases` and `limit_overruns` tables,
+//! admission ([`admit`], the one call on the request path, between
+//! validation and routing), settlement ([`settle_stored`], called by the
+//! ledger writer once a batch of rows is stored), the status reads and the
+//! `/admin/limits` and `/v1/key` handlers ([`api`]), and budget threshold
+//! alerts ([`alerts`]). It never forwards, prices or writes ledger rows.
 //!
-//! Exactness comes from the database alone: admission locks the scope rows
-//! and decides from the ledger's own sum plus the open reservations, so N
-//! replicas admit what one would. Settlement happens *after* the ledger row
-//! is stored (the reservation and the row overlap for a moment, which can
-//! only refuse, never overshoot). Requests of scopes without limits make no
-//! database call: the set of limited scopes is cached in memory and reloaded
-//! at most once a second (and at once on this replica after an admin change).
+//! Admission is leased (the escrow of the demarcation protocol): each
+//! replica holds a slice of every limited scope it serves — of the budget,
+//! of the rate buckets, of the concurrency — granted by the database under
+//! the scope's row lock so that the slices together never exceed what
+//! remains ([`share`], [`store::sync`]), and admits from it in memory
+//! ([`slice`]). The keeper ([`keeper`]) refills slices ahead of need from
+//! recent demand, hands back what is not used, renews them, and near
+//! exhaustion shrinks them to exact per-request grants. So N replicas admit
+//! what one would, the request path makes no database round trip while a
+//! slice lasts, and a limited scope keeps being served through a database
+//! outage for as long as its slices last.
+//!
+//! A hard budget reserves a true upper bound of each request's cost
+//! ([`estimate`]); a request that cannot be bounded is refused.
 
 pub mod alerts;
 pub mod api;
-mod batch;
 mod body;
 pub mod budget;
 pub mod estimate;
+mod keeper;
 pub mod rate;
-pub mod renew;
+mod share;
+mod slice;
 pub mod store;
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,43 +45,52 @@ use sqlx::PgPool;
 use crate::error::ApiError;
 use crate::ledger::LedgerRow;
 use crate::metering::RequestContext;
-use crate::state::AppState;
 pub use estimate::Estimate;
-use store::{BucketView, Refusal, Scope};
+pub use keeper::LeaseSettings;
+use keeper::{Leases, Refusal};
+use store::{BucketView, Scope, Settings};
 
-/// How stale the cached set of limited scopes may be.
+/// How stale the cached limit settings may be.
 const CACHE_FOR: Duration = Duration::from_secs(1);
-
-/// Set once this process has made a reservation: until then settlement has
-/// nothing to release and the ledger writer skips it.
-static RESERVED_ANY: AtomicBool = AtomicBool::new(false);
 
 struct Snapshot {
     loaded: Option<Instant>,
-    scopes: HashSet<(Scope, String)>,
+    scopes: HashMap<(Scope, String), Settings>,
 }
 
-/// The in-memory set of limited scopes, and the admission lanes.
-pub struct Limits {
-    snapshot: ArcSwap<Snapshot>,
-    reloading: tokio::sync::Mutex<()>,
-    batcher: batch::Batcher,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            snapshot: ArcSwap::from_pointee(Snapshot {
-                loaded: None,
-                scopes: HashSet::new(),
-            }),
-            reloading: tokio::sync::Mutex::new(()),
-            batcher: batch::Batcher::default(),
-        }
+impl Snapshot {
+    /// The limited scopes a request of `key` in `tenant` must pass, key
+    /// first (the order every lock here is taken in).
+    fn applying(&self, tenant: &str, key: &str) -> Vec<(Scope, String, Settings)> {
+        [(Scope::Key, key), (Scope::Tenant, tenant)]
+            .into_iter()
+            .filter_map(|(scope, id)| {
+                let settings = self.scopes.get(&(scope, id.to_owned()))?;
+                Some((scope, id.to_owned(), settings.clone()))
+            })
+            .collect()
     }
 }
 
+/// The cached limit settings and this replica's slices.
+pub struct Limits {
+    snapshot: ArcSwap<Snapshot>,
+    reloading: tokio::sync::Mutex<()>,
+    leases: Arc<Leases>,
+}
+
 impl Limits {
+    pub fn new(settings: LeaseSettings) -> Self {
+        Self {
+            snapshot: ArcSwap::from_pointee(Snapshot {
+                loaded: None,
+                scopes: HashMap::new(),
+            }),
+            reloading: tokio::sync::Mutex::new(()),
+            leases: Leases::new(settings),
+        }
+    }
+
     fn fresh(&self) -> Option<Arc<Snapshot>> {
         let snap = self.snapshot.load_full();
         snap.loaded
@@ -91,21 +106,15 @@ impl Limits {
         if let Some(snap) = self.fresh() {
             return Ok(snap);
         }
-        let rows = match store::scopes(pool).await {
+        let rows = match store::list(pool).await {
             Ok(rows) => rows,
             Err(err) => return self.keep_last_known(err),
         };
-        let scopes = rows
+        let scopes: HashMap<_, _> = rows
             .into_iter()
-            .filter_map(|(kind, id)| {
-                let scope = match kind.as_str() {
-                    "tenant" => Scope::Tenant,
-                    "key" => Scope::Key,
-                    _ => return None,
-                };
-                Some((scope, id))
-            })
+            .map(|row| ((row.scope, row.id), row.settings))
             .collect();
+        self.leases.refresh_settings(&scopes);
         let snap = Arc::new(Snapshot {
             loaded: Some(Instant::now()),
             scopes,
@@ -114,17 +123,16 @@ impl Limits {
         Ok(snap)
     }
 
-    /// The database is away: the last known set of limited scopes stays in
-    /// force (retried once per `CACHE_FOR`, not on every request), so keys
-    /// without limits keep being served from the spool-backed ledger while
-    /// limited ones fail closed (their admission needs the database). With
-    /// no set ever loaded, nothing is known: refuse.
+    /// The database is away: the last known settings stay in force
+    /// (retried once per `CACHE_FOR`, not on every request); limited scopes
+    /// are served from their slices. With nothing ever loaded, nothing is
+    /// known: refuse.
     fn keep_last_known(&self, err: sqlx::Error) -> Result<Arc<Snapshot>, sqlx::Error> {
         let last = self.snapshot.load_full();
         if last.loaded.is_none() {
             return Err(err);
         }
-        tracing::warn!(error = %err, "limits unreadable; keeping the last known limited scopes");
+        tracing::warn!(error = %err, "limits unreadable; keeping the last known settings");
         let kept = Arc::new(Snapshot {
             loaded: Some(Instant::now()),
             scopes: last.scopes.clone(),
@@ -133,18 +141,61 @@ impl Limits {
         Ok(kept)
     }
 
-    /// Forgets the cached set (after a change made on this replica).
+    /// Forgets the cached settings (after a change made on this replica).
     pub fn invalidate(&self) {
         self.snapshot.store(Arc::new(Snapshot {
             loaded: None,
-            scopes: HashSet::new(),
+            scopes: HashMap::new(),
         }));
     }
 
-    async fn limited(&self, pool: &PgPool, tenant: &str, key: &str) -> Result<bool, sqlx::Error> {
-        let snap = self.current(pool).await?;
-        Ok(snap.scopes.contains(&(Scope::Tenant, tenant.to_owned()))
-            || snap.scopes.contains(&(Scope::Key, key.to_owned())))
+    /// This replica's name on its slices (`limit_leases.holder`).
+    pub fn holder(&self) -> &str {
+        self.leases.holder()
+    }
+
+    /// Starts the keeper and the change listener; they run until `stop`.
+    pub fn spawn(
+        self: &Arc<Self>,
+        tasks: &tokio_util::task::TaskTracker,
+        pool: &PgPool,
+        stop: &tokio_util::sync::CancellationToken,
+    ) {
+        tasks.spawn(self.leases.clone().run(pool.clone(), stop.clone()));
+        let weak = Arc::downgrade(self);
+        tasks.spawn(crate::notify::follow(
+            pool.clone(),
+            store::CHANNEL,
+            stop.clone(),
+            move |trigger| {
+                let weak = weak.clone();
+                async move {
+                    let Some(limits) = weak.upgrade() else {
+                        return crate::notify::Reloaded::Stop;
+                    };
+                    limits.changed(trigger);
+                    crate::notify::Reloaded::Done
+                }
+            },
+        ));
+    }
+
+    fn changed(&self, trigger: crate::notify::Trigger) {
+        self.invalidate();
+        match trigger {
+            crate::notify::Trigger::Connected => self.leases.recall_all(),
+            crate::notify::Trigger::Notified(payloads) => {
+                for (scope, id) in payloads.iter().filter_map(|p| store::parse_notification(p)) {
+                    self.leases.recalled(scope, &id);
+                }
+            }
+        }
+    }
+
+    /// Shutdown, once the ledger writer stored its rows: slices with
+    /// nothing open are handed back at once instead of lapsing.
+    pub async fn release_idle(&self, pool: &PgPool) {
+        self.leases.release_idle(pool).await;
     }
 }
 
@@ -189,43 +240,87 @@ impl Admission {
     }
 }
 
-fn tightest(views: &[BucketView]) -> Option<BucketView> {
-    views.iter().copied().min_by_key(|v| v.remaining)
+fn tightest(views: impl Iterator<Item = BucketView>) -> Option<BucketView> {
+    views.min_by_key(|v| v.remaining)
 }
 
-/// Admits the request or refuses it (429, metered by the caller). Without
-/// limits on the tenant or the key this is a lookup in memory.
-///
-/// `estimate` is called only for limited scopes (it parses the body again).
-pub async fn admit(
-    state: &AppState,
-    ctx: &RequestContext,
-    estimate: impl FnOnce() -> Estimate,
-) -> Result<Admission, ApiError> {
-    let tenant = ctx.principal.tenant.as_ref();
-    let key = ctx.principal.key_id.as_ref();
-    if !state.limits.limited(&state.pool, tenant, key).await? {
-        return Ok(Admission::default());
-    }
-    let ask = store::Ask {
-        request_id: ctx.request_id.to_string(),
-        tenant: tenant.to_owned(),
-        key_id: key.to_owned(),
-        estimate: estimate(),
-        ttl: Duration::from_secs(state.config.limits.reservation_ttl_secs),
-    };
-    RESERVED_ANY.store(true, Ordering::Relaxed);
-    let decided = state.limits.batcher.admit(&state.pool, ask).await?;
-    match decided {
-        Ok(granted) => {
-            renew::opened(&ctx.request_id);
-            Ok(Admission {
-                requests: tightest(&granted.requests),
-                tokens: tightest(&granted.tokens),
-            })
+impl Limits {
+    /// Admits the request or refuses it (429; 400 for a request a hard
+    /// budget cannot bound; 503 when its slices are used up and the database
+    /// cannot be reached; metered by the caller). Without limits on the
+    /// tenant or the key this is a lookup in memory; with limits, a take
+    /// from this replica's slices unless they must be refilled first.
+    ///
+    /// `estimate` is called only for limited scopes (it parses the body
+    /// again).
+    pub async fn admit(
+        &self,
+        pool: &PgPool,
+        ctx: &RequestContext,
+        estimate: impl FnOnce() -> Estimate,
+    ) -> Result<Admission, ApiError> {
+        let tenant = ctx.principal.tenant.as_ref();
+        let key = ctx.principal.key_id.as_ref();
+        let mut pending = Some(estimate);
+        let mut estimated: Option<Estimate> = None;
+        for _ in 0..2 {
+            let snap = self.current(pool).await?;
+            let scopes = snap.applying(tenant, key);
+            if scopes.is_empty() {
+                return Ok(Admission::default());
+            }
+            if let Some(compute) = pending.take() {
+                estimated = Some(compute());
+            }
+            let Some(estimate) = estimated.as_ref() else {
+                return Err(ApiError::internal("no estimate"));
+            };
+            if let Some(why) = &estimate.unbounded {
+                if scopes.iter().any(|(_, _, s)| hard(s)) {
+                    return Err(unbounded(why));
+                }
+            }
+            let request = keeper::Request {
+                request_id: ctx.request_id.to_string(),
+                tenant: tenant.to_owned(),
+                key_id: key.to_owned(),
+                started_at: ctx.started_at,
+            };
+            let need = slice::Need {
+                cost: estimate.cost,
+                tokens: estimate.tokens,
+            };
+            match self.leases.admit(&scopes, need, request).await {
+                Ok(views) => {
+                    return Ok(Admission {
+                        requests: tightest(views.iter().filter_map(|v| v.0)),
+                        tokens: tightest(views.iter().filter_map(|v| v.1)),
+                    })
+                }
+                Err(Refusal::Retry) => self.invalidate(),
+                Err(refusal) => return Err(refused(&refusal)),
+            }
         }
-        Err(refusal) => Err(refused(&refusal)),
+        Err(refused(&Refusal::Unavailable))
     }
+}
+
+fn hard(settings: &Settings) -> bool {
+    settings
+        .budget
+        .as_ref()
+        .is_some_and(|b| b.mode == budget::Mode::Hard)
+}
+
+fn unbounded(why: &estimate::Unbounded) -> ApiError {
+    ApiError::invalid_value(
+        why.param.clone(),
+        format!(
+            "This request's cost cannot be bounded ({}), and a hard budget admits only what it can bound.",
+            why.reason
+        ),
+    )
+    .with_code("cost_unbounded")
 }
 
 fn refused(refusal: &Refusal) -> ApiError {
@@ -248,33 +343,29 @@ fn refused(refusal: &Refusal) -> ApiError {
                 *retry_after,
             )
         }
+        Refusal::Unavailable | Refusal::Retry => ApiError::service_unavailable(
+            "Spend control cannot admit this request now (its allowance is used up and the database is unreachable); try again shortly.",
+        ),
     }
 }
 
-/// Settlement hook of the ledger writer: releases the reservations of rows
-/// just stored. A background response stays reserved (its row is `queued`
-/// without a cost, no longer renewed) until its reservation expires, one
-/// lifetime later. A failure is logged: the
-/// reservation then holds until it expires, which can only refuse, never
-/// overshoot.
-pub async fn settle_stored(pool: &PgPool, rows: &[LedgerRow]) {
-    if !RESERVED_ANY.load(Ordering::Relaxed) {
-        return;
-    }
-    renew::closed(rows.iter().map(|r| r.request_id.as_str()));
-    let settled: Vec<store::Settled<'_>> = rows
-        .iter()
-        .filter(|r| r.status != "queued")
-        .map(|r| store::Settled {
-            request_id: &r.request_id,
-            cost: r.cost,
-            total_tokens: r.total_tokens,
-        })
-        .collect();
-    if settled.is_empty() {
-        return;
-    }
-    if let Err(err) = store::settle(pool, &settled).await {
-        tracing::warn!(error = %err, rows = settled.len(), "releasing limit reservations failed; they expire");
-    }
+/// Settlement hook of the ledger writer: the holds of rows just stored end
+/// (their cost is in the ledger's spend from now on). A background
+/// response's `queued` row keeps its hold until it settles. A row the
+/// database refused (quarantined) keeps its hold for `max_hold_secs`: its
+/// spend is unknown, so it keeps counting.
+pub fn settle_stored(rows: &[LedgerRow]) {
+    keeper::settle_stored(rows.iter().map(|r| {
+        (
+            r.request_id.as_str(),
+            r.status.as_str(),
+            r.cost,
+            r.total_tokens,
+        )
+    }));
+}
+
+/// A background response was settled on this replica.
+pub fn settle_background(request_id: &str, cost: Option<rust_decimal::Decimal>, tokens: i64) {
+    keeper::settle_background(request_id, cost, tokens);
 }

@@ -1,23 +1,24 @@
-//! The SQL of spend control: limit rows, the admission transaction,
-//! settlement of reservations by the ledger writer, and live status reads.
+//! The SQL of spend control: limit rows, the slice sync that leases
+//! budget, concurrency and rate tokens to a replica ([`sync`]), and live
+//! status reads.
 //!
-//! Admission is one transaction per batch of requests (`super::batch`):
-//! lock the `limits` rows of their keys and tenants (`ORDER BY scope_kind,
-//! scope_id ... FOR UPDATE`, the one global order every locker here uses,
-//! so no two transactions deadlock), read the database clock, each scope's
-//! spend of the period (`limit_spend`), open reservations and buckets;
-//! decide the requests in order; then save the buckets and insert the
-//! reservations. Admissions for the same scope therefore run one batch
-//! after another on any replica, each seeing the reservations of those
-//! before it.
+//! A sync is one transaction for every scope it touches: lock their
+//! `limits` rows (`ORDER BY scope_kind, scope_id ... FOR UPDATE`, the one
+//! order every locker here uses, so no two transactions deadlock), read the
+//! database clock, drop lapsed slices, read each scope's spend of the period
+//! (`limit_spend`) and the other replicas' slices, decide every grant with
+//! [`super::share`], then save this replica's slices, the buckets and the
+//! overruns in one statement each. Slices of the same scope therefore move
+//! one transaction after another on any replica, each seeing the others'.
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
-use super::budget::{self, Mode, Period};
-use super::estimate::Estimate;
-use super::rate::{self, Bucket};
+use super::budget::{Mode, Period};
+use super::rate::Bucket;
+use super::share;
+use super::slice::{self, Synced};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scope {
@@ -208,29 +209,59 @@ pub async fn put(pool: &PgPool, scope: Scope, id: &str, s: &Settings) -> Result<
     .bind(alerts.map(|a| a.webhook_url.as_str()))
     .execute(&mut *tx)
     .await?;
-    // With the row locked, the counters start from the reservations as they
-    // are: every admission or release of this scope is before (seen) or
-    // after (moves the counters from here).
-    let col = scope.column();
-    sqlx::query(&format!(
-        "UPDATE limits SET
-            reserved = (SELECT coalesce(sum(estimate), 0) FROM limit_reservations WHERE {col} = $2),
-            open_requests = (SELECT count(*) FROM limit_reservations WHERE {col} = $2)
-         WHERE scope_kind = $1 AND scope_id = $2"
-    ))
+    // Buckets restart full, less what the replicas' slices already took
+    // from them (they keep admitting from those until they hand them back).
+    sqlx::query(
+        "UPDATE limits l SET
+            rpm_level = coalesce(l.requests_per_minute, 0) - coalesce(h.requests, 0),
+            tpm_level = coalesce(l.tokens_per_minute, 0) - coalesce(h.tokens, 0),
+            bucket_at = clock_timestamp()
+         FROM (SELECT sum(greatest(requests, 0)) AS requests, sum(greatest(tokens, 0)) AS tokens
+               FROM limit_leases WHERE scope_kind = $1 AND scope_id = $2 AND expires_at > clock_timestamp()) h
+         WHERE l.scope_kind = $1 AND l.scope_id = $2",
+    )
     .bind(scope.as_str())
     .bind(id)
     .execute(&mut *tx)
     .await?;
+    notify_change(&mut tx, scope, id).await?;
     tx.commit().await
 }
 
+/// Tells every replica (`LISTEN tollgate_limits`) that a scope changed:
+/// they reload its settings and hand back their spare at once.
+async fn notify_change(
+    tx: &mut Transaction<'_, Postgres>,
+    scope: Scope,
+    id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(format!("{}:{id}", scope.as_str()))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// The channel limit changes and recalls are announced on.
+pub const CHANNEL: &str = "tollgate_limits";
+
+/// A scope named in a notification.
+pub fn parse_notification(payload: &str) -> Option<(Scope, String)> {
+    let (kind, id) = payload.split_once(':')?;
+    Some((Scope::parse(kind)?, id.to_owned()))
+}
+
 pub async fn delete(pool: &PgPool, scope: Scope, id: &str) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // The scope's slices go with it (ON DELETE CASCADE).
     let done = sqlx::query("DELETE FROM limits WHERE scope_kind = $1 AND scope_id = $2")
         .bind(scope.as_str())
         .bind(id)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
+    notify_change(&mut tx, scope, id).await?;
+    tx.commit().await?;
     Ok(done.rows_affected() > 0)
 }
 
@@ -240,10 +271,13 @@ pub struct Live {
     /// The ledger's cost sum since the period start (from `limit_spend`,
     /// the per-day sums the database keeps with every ledger change).
     pub spent: Decimal,
-    /// Estimates of the scope's open reservations (the row's counter).
+    /// Estimates of the requests in flight, as the replicas last reported
+    /// them (each reports at least every second while it serves the scope).
     pub reserved: Decimal,
-    /// Open reservations: requests in flight (the row's counter).
+    /// Requests in flight, as last reported.
     pub open: i64,
+    /// Budget held by the replicas' live slices (reserved included).
+    pub leased: Decimal,
     pub overrun: Decimal,
 }
 
@@ -263,13 +297,17 @@ pub async fn live(
     now: DateTime<Utc>,
 ) -> Result<Live, sqlx::Error> {
     let col = scope.column();
-    let (spent, reserved, open, overrun): (Decimal, Decimal, i64, Decimal) = sqlx::query_as(&format!(
+    let (spent, reserved, open, leased, overrun): (Decimal, Decimal, i64, Decimal, Decimal) =
+        sqlx::query_as(&format!(
         "SELECT
             (SELECT coalesce(sum(spent), 0) FROM limit_spend
               WHERE scope_kind = $3 AND scope_id = $1 AND day >= ($2 AT TIME ZONE 'UTC')::date),
-            (SELECT coalesce(max(reserved), 0) FROM limits WHERE scope_kind = $3 AND scope_id = $1),
-            (SELECT coalesce(max(open_requests), 0) FROM limits WHERE scope_kind = $3 AND scope_id = $1),
-            (SELECT coalesce(sum(overrun), 0) FROM limit_overruns WHERE {col} = $1 AND started_at >= $2)"
+            l.reserved, l.open, l.leased,
+            (SELECT coalesce(sum(overrun), 0) FROM limit_overruns WHERE {col} = $1 AND started_at >= $2)
+         FROM (SELECT coalesce(sum(committed), 0) AS reserved, coalesce(sum(open_requests), 0)::int8 AS open,
+                      coalesce(sum(budget), 0) AS leased
+               FROM limit_leases
+               WHERE scope_kind = $3 AND scope_id = $1 AND expires_at > clock_timestamp()) l"
     ))
     .bind(id)
     .bind(since(period, now))
@@ -280,6 +318,7 @@ pub async fn live(
         spent: spent.normalize(),
         reserved: reserved.normalize(),
         open,
+        leased: leased.normalize(),
         overrun: overrun.normalize(),
     })
 }
@@ -290,28 +329,6 @@ pub async fn db_now(conn: &mut PgConnection) -> Result<DateTime<Utc>, sqlx::Erro
         .await
 }
 
-/// What admission asks for.
-#[derive(Debug, Clone)]
-pub struct Ask {
-    pub request_id: String,
-    pub tenant: String,
-    pub key_id: String,
-    pub estimate: Estimate,
-    pub ttl: std::time::Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
-    Budget {
-        scope: Scope,
-    },
-    Rate {
-        scope: Scope,
-        reason: &'static str,
-        retry_after: u64,
-    },
-}
-
 /// One bucket's state after admission, for the `x-ratelimit-*` headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BucketView {
@@ -320,366 +337,467 @@ pub struct BucketView {
     pub reset_seconds: u64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Granted {
-    pub requests: Vec<BucketView>,
-    pub tokens: Vec<BucketView>,
+/// A request whose actual cost exceeded its estimate (recorded, never hidden).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Overrun {
+    pub request_id: String,
+    pub tenant: String,
+    pub key_id: String,
+    pub estimate: Decimal,
+    pub actual: Decimal,
+    pub started_at: DateTime<Utc>,
 }
 
-/// One request's verdict.
-pub type Decision = Result<Granted, Refusal>;
+/// How a sync failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The transaction never committed: the database has what it had.
+    #[error("slice sync not applied: {0}")]
+    NotApplied(sqlx::Error),
+    /// The commit was sent and no answer came: it may or may not have
+    /// happened.
+    #[error("slice sync outcome unknown: {0}")]
+    Unknown(sqlx::Error),
+}
 
-/// The admission transaction (module doc) for several requests at once, in
-/// their order: each sees the reservations and bucket takes of those before
-/// it, exactly as if they had been admitted one after another at the same
-/// instant. One transaction per batch, not per request, is what keeps
-/// limits from becoming the bottleneck (`super::batch`).
-pub async fn admit(pool: &PgPool, asks: &[Ask]) -> Result<Vec<Decision>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let keys: Vec<&str> = asks.iter().map(|a| a.key_id.as_str()).collect();
-    let tenants: Vec<&str> = asks.iter().map(|a| a.tenant.as_str()).collect();
-    let raws: Vec<RawRow> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM limits
-         WHERE (scope_kind = 'key' AND scope_id = ANY($1))
-            OR (scope_kind = 'tenant' AND scope_id = ANY($2))
+impl SyncError {
+    pub fn into_inner(self) -> sqlx::Error {
+        match self {
+            Self::NotApplied(err) | Self::Unknown(err) => err,
+        }
+    }
+}
+
+/// How long after a recall every replica keeps no spare (`limits.recall_at`).
+const RECALL_FOR_SECS: f64 = 5.0;
+
+/// Moves this replica's slices of the asked scopes (sorted by kind, id) in
+/// one transaction: see the module doc. Overruns are recorded with it.
+pub async fn sync(
+    pool: &PgPool,
+    holder: &str,
+    asks: &[slice::Ask],
+    overruns: &[Overrun],
+    ttl: std::time::Duration,
+) -> Result<Vec<Synced>, SyncError> {
+    let mut tx = pool.begin().await.map_err(SyncError::NotApplied)?;
+    let synced = sync_in(&mut tx, holder, asks, overruns, ttl)
+        .await
+        .map_err(SyncError::NotApplied)?;
+    tx.commit().await.map_err(SyncError::Unknown)?;
+    Ok(synced)
+}
+
+#[derive(sqlx::FromRow)]
+struct Others {
+    scope_kind: String,
+    scope_id: String,
+    budget: Decimal,
+    slots: i64,
+    spare_budget: Decimal,
+    spare_slots: i64,
+}
+
+/// What the other replicas hold of one scope.
+#[derive(Default, Clone)]
+struct Held {
+    budget: Decimal,
+    slots: i64,
+    spare_budget: Decimal,
+    spare_slots: i64,
+}
+
+async fn sync_in(
+    tx: &mut Transaction<'_, Postgres>,
+    holder: &str,
+    asks: &[slice::Ask],
+    overruns: &[Overrun],
+    ttl: std::time::Duration,
+) -> Result<Vec<Synced>, sqlx::Error> {
+    let kinds: Vec<&str> = asks.iter().map(|a| a.scope.as_str()).collect();
+    let ids: Vec<&str> = asks.iter().map(|a| a.id.as_str()).collect();
+    let rows: Vec<(RawRow, Option<DateTime<Utc>>)> = sqlx::query_as::<_, RawRowRecall>(&format!(
+        "SELECT {COLUMNS}, recall_at FROM limits
+         WHERE (scope_kind, scope_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
          ORDER BY scope_kind, scope_id FOR UPDATE"
     ))
-    .bind(&keys)
-    .bind(&tenants)
-    .fetch_all(&mut *tx)
+    .bind(&kinds)
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .map(|r| (r.raw, r.recall_at))
+    .collect();
+    let now = db_now(tx).await?;
+    sqlx::query(
+        "DELETE FROM limit_leases
+         WHERE (scope_kind, scope_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+           AND expires_at <= $3",
+    )
+    .bind(&kinds)
+    .bind(&ids)
+    .bind(now)
+    .execute(&mut **tx)
     .await?;
-    // Read after the locks are held: every later admission sees a later clock.
-    let now = db_now(&mut tx).await?;
-    let mut scopes = Vec::with_capacity(raws.len());
-    for row in raws.into_iter().filter_map(RawRow::into_row) {
-        scopes.push(ScopeState::load(&mut tx, row, now).await?);
-    }
-    let decisions: Vec<Decision> = asks.iter().map(|ask| decide(&mut scopes, ask)).collect();
-    save_buckets(&mut tx, &scopes, now).await?;
-    insert_reservations(&mut tx, asks, &decisions, now).await?;
-    tx.commit().await?;
-    Ok(decisions)
-}
-
-/// A locked scope during one admission transaction: its live figures and
-/// bucket levels, moved along by every request the batch admits.
-struct ScopeState {
-    row: LimitRow,
-    live: Live,
-    /// Bucket levels at the transaction's `now`, after the batch's takes.
-    rpm: Decimal,
-    tpm: Decimal,
-    taken: bool,
-}
-
-impl ScopeState {
-    async fn load(
-        tx: &mut Transaction<'_, Postgres>,
-        row: LimitRow,
-        now: DateTime<Utc>,
-    ) -> Result<Self, sqlx::Error> {
-        let s = &row.settings;
-        // Always read: the counters are saved back with the batch's takes.
-        let period = s.budget.as_ref().map(|b| b.period);
-        let live = live(tx, row.scope, &row.id, period, now).await?;
-        let at = row.bucket_at.unwrap_or(DateTime::<Utc>::MIN_UTC);
-        let level = |limit: Option<i64>, level: Decimal| {
-            limit.map_or(level, |limit| Bucket { limit, level }.level_at(at, now))
+    let others = others(tx, holder, &kinds, &ids).await?;
+    let limits: Vec<(LimitRow, Option<DateTime<Utc>>)> = rows
+        .into_iter()
+        .filter_map(|(raw, recall)| raw.into_row().map(|row| (row, recall)))
+        .collect();
+    let spent = spent(tx, &limits, now).await?;
+    let mut plan = Plan::default();
+    let mut synced = Vec::with_capacity(asks.len());
+    for ask in asks {
+        let found = limits
+            .iter()
+            .zip(&spent)
+            .find(|((row, _), _)| row.scope == ask.scope && row.id == ask.id);
+        let Some(((row, recall_at), spent)) = found else {
+            synced.push(Synced::Gone);
+            continue;
         };
-        Ok(Self {
-            rpm: level(s.requests_per_minute, row.rpm_level),
-            tpm: level(s.tokens_per_minute, row.tpm_level),
-            live,
-            row,
-            taken: false,
-        })
+        let held = others
+            .get(&(ask.scope, ask.id.clone()))
+            .cloned()
+            .unwrap_or_default();
+        let decided = decide(ask, row, *recall_at, *spent, &held, now, ttl);
+        plan.push(ask, row, &decided, now);
+        synced.push(Synced::Granted(decided.granted));
     }
-
-    fn applies_to(&self, ask: &Ask) -> bool {
-        match self.row.scope {
-            Scope::Key => self.row.id == ask.key_id,
-            Scope::Tenant => self.row.id == ask.tenant,
-        }
-    }
-
-    /// This scope's verdict on `ask`, taking nothing; the bucket views the
-    /// request would leave.
-    fn check(&self, ask: &Ask) -> Result<Views, Refusal> {
-        let s = &self.row.settings;
-        let scope = self.row.scope;
-        if let Some(b) = &s.budget {
-            let fits = budget::admits(
-                b.mode,
-                b.amount,
-                self.live.spent,
-                self.live.reserved,
-                ask.estimate.cost,
-            );
-            if !fits {
-                return Err(Refusal::Budget { scope });
-            }
-        }
-        if s.concurrent_requests
-            .is_some_and(|max| self.live.open >= max)
-        {
-            return Err(Refusal::Rate {
-                scope,
-                reason: "concurrent_requests",
-                retry_after: 1,
-            });
-        }
-        let rpm = take_view(
-            scope,
-            s.requests_per_minute,
-            self.rpm,
-            1,
-            "requests_per_minute",
-        )?;
-        let tpm = take_view(
-            scope,
-            s.tokens_per_minute,
-            self.tpm,
-            ask.estimate.tokens,
-            "tokens_per_minute",
-        )?;
-        Ok((rpm, tpm))
-    }
-
-    fn take(&mut self, ask: &Ask) {
-        self.live.reserved += ask.estimate.cost;
-        self.live.open += 1;
-        if self.row.settings.requests_per_minute.is_some() {
-            self.rpm -= Decimal::ONE;
-        }
-        if self.row.settings.tokens_per_minute.is_some() {
-            self.tpm -= Decimal::from(ask.estimate.tokens);
-        }
-        self.taken = true;
-    }
+    plan.save(tx, holder, now, ttl).await?;
+    insert_overruns(tx, overruns).await?;
+    Ok(synced)
 }
 
-type Views = (Option<BucketView>, Option<BucketView>);
-
-/// A rate bucket's verdict on taking `cost`, and the view it would leave.
-fn take_view(
-    scope: Scope,
-    limit: Option<i64>,
-    level: Decimal,
-    cost: i64,
-    reason: &'static str,
-) -> Result<Option<BucketView>, Refusal> {
-    let Some(limit) = limit else {
-        return Ok(None);
-    };
-    if !rate::admits(limit, level, cost) {
-        return Err(Refusal::Rate {
-            scope,
-            reason,
-            retry_after: rate::wait_seconds(limit, level, cost),
-        });
-    }
-    let after = level - Decimal::from(cost);
-    Ok(Some(BucketView {
-        limit,
-        remaining: after
-            .floor()
-            .max(Decimal::ZERO)
-            .mantissa()
-            .try_into()
-            .unwrap_or(0),
-        reset_seconds: rate::reset_seconds(limit, after),
-    }))
+#[derive(sqlx::FromRow)]
+struct RawRowRecall {
+    #[sqlx(flatten)]
+    raw: RawRow,
+    recall_at: Option<DateTime<Utc>>,
 }
 
-/// Every scope of the request must admit it (key first, then tenant, the
-/// lock order); only then does it take from each.
-fn decide(scopes: &mut [ScopeState], ask: &Ask) -> Decision {
-    let mut granted = Granted::default();
-    for scope in scopes.iter().filter(|s| s.applies_to(ask)) {
-        let (rpm, tpm) = scope.check(ask)?;
-        granted.requests.extend(rpm);
-        granted.tokens.extend(tpm);
-    }
-    for scope in scopes.iter_mut().filter(|s| s.applies_to(ask)) {
-        scope.take(ask);
-    }
-    Ok(granted)
-}
-
-async fn save_buckets(
+async fn others(
     tx: &mut Transaction<'_, Postgres>,
-    scopes: &[ScopeState],
+    holder: &str,
+    kinds: &[&str],
+    ids: &[&str],
+) -> Result<std::collections::HashMap<(Scope, String), Held>, sqlx::Error> {
+    let rows: Vec<Others> = sqlx::query_as(
+        "SELECT scope_kind, scope_id, sum(budget) AS budget, sum(slots)::int8 AS slots,
+                sum(greatest(budget - committed, 0)) AS spare_budget,
+                sum(greatest(slots - open_requests, 0))::int8 AS spare_slots
+         FROM limit_leases
+         WHERE (scope_kind, scope_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+           AND holder <> $3
+         GROUP BY scope_kind, scope_id",
+    )
+    .bind(kinds)
+    .bind(ids)
+    .bind(holder)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|o| {
+            let scope = Scope::parse(&o.scope_kind)?;
+            Some((
+                (scope, o.scope_id),
+                Held {
+                    budget: o.budget,
+                    slots: o.slots,
+                    spare_budget: o.spare_budget,
+                    spare_slots: o.spare_slots,
+                },
+            ))
+        })
+        .collect())
+}
+
+/// Each locked scope's spend of its budget period (zero without a budget).
+async fn spent(
+    tx: &mut Transaction<'_, Postgres>,
+    limits: &[(LimitRow, Option<DateTime<Utc>>)],
     now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    for scope in scopes.iter().filter(|s| s.taken) {
+) -> Result<Vec<Decimal>, sqlx::Error> {
+    let kinds: Vec<&str> = limits.iter().map(|(r, _)| r.scope.as_str()).collect();
+    let ids: Vec<&str> = limits.iter().map(|(r, _)| r.id.as_str()).collect();
+    let days: Vec<chrono::NaiveDate> = limits
+        .iter()
+        .map(|(r, _)| since(r.settings.budget.as_ref().map(|b| b.period), now).date_naive())
+        .collect();
+    let sums: Vec<Decimal> = sqlx::query_scalar(
+        "SELECT (SELECT coalesce(sum(s.spent), 0) FROM limit_spend s
+                 WHERE s.scope_kind = a.k AND s.scope_id = a.i AND s.day >= a.d)
+         FROM unnest($1::text[], $2::text[], $3::date[]) WITH ORDINALITY AS a(k, i, d, n)
+         ORDER BY a.n",
+    )
+    .bind(&kinds)
+    .bind(&ids)
+    .bind(&days)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(sums)
+}
+
+/// One scope's outcome: the grant, and the bucket levels and recall mark to
+/// save.
+struct Decided {
+    granted: slice::Granted,
+    rpm_level: Decimal,
+    tpm_level: Decimal,
+    recall: bool,
+}
+
+/// What one sync asks of one rate bucket.
+#[derive(Clone, Copy)]
+struct RateAsk {
+    want: Decimal,
+    need: Decimal,
+    largest: Decimal,
+    kept: Decimal,
+}
+
+/// The grants of one scope for one ask (pure apart from its inputs).
+fn decide(
+    ask: &slice::Ask,
+    row: &LimitRow,
+    recall_at: Option<DateTime<Utc>>,
+    spent: Decimal,
+    others: &Held,
+    now: DateTime<Utc>,
+    ttl: std::time::Duration,
+) -> Decided {
+    let s = &row.settings;
+    let mut recall = false;
+    let budget = match &s.budget {
+        None => Decimal::ZERO,
+        Some(b) => {
+            let free = b.amount - spent - others.budget - ask.budget_held;
+            let grant = share::grant(ask.budget_want, ask.budget_need, free);
+            let spare = ask.budget_held - ask.committed + grant;
+            recall |= spare < ask.budget_need && others.spare_budget > Decimal::ZERO;
+            ask.budget_held + grant
+        }
+    };
+    let slots = match s.concurrent_requests {
+        None => 0,
+        Some(limit) => {
+            let free = limit - others.slots - ask.slots_held;
+            let grant = share::grant_count(ask.slots_want, ask.slots_need, free);
+            recall |= ask.slots_held - ask.open + grant < ask.slots_need && others.spare_slots > 0;
+            ask.slots_held + grant
+        }
+    };
+    let at = row.bucket_at.unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let take = |limit: Option<i64>, level: Decimal, back: Decimal, ask: RateAsk| {
+        let Some(limit) = limit else {
+            return (Decimal::ZERO, Decimal::ZERO);
+        };
+        let level = Bucket { limit, level }.level_at(at, now);
+        let level = (level + back.max(Decimal::ZERO)).min(Decimal::from(limit));
+        let grant = share::grant_rate(limit, level, ask.want, ask.need, ask.largest);
+        (ask.kept + grant, level - grant)
+    };
+    let (requests, rpm_level) = take(
+        s.requests_per_minute,
+        row.rpm_level,
+        ask.requests_back,
+        RateAsk {
+            want: ask.requests_want,
+            need: ask.requests_need,
+            largest: Decimal::ONE,
+            kept: ask.requests_kept,
+        },
+    );
+    let (tokens, tpm_level) = take(
+        s.tokens_per_minute,
+        row.tpm_level,
+        ask.tokens_back,
+        RateAsk {
+            want: ask.tokens_want,
+            need: ask.tokens_need,
+            largest: ask.tokens_largest,
+            kept: ask.tokens_kept,
+        },
+    );
+    let recalled_lately =
+        recall_at.is_some_and(|at| (now - at).num_milliseconds() as f64 / 1000.0 < RECALL_FOR_SECS);
+    Decided {
+        granted: slice::Granted {
+            settings: s.clone(),
+            budget,
+            slots,
+            requests,
+            tokens,
+            rpm_level,
+            tpm_level,
+            recall: recall || recalled_lately,
+            others_spare: recall,
+            ttl,
+        },
+        rpm_level,
+        tpm_level,
+        recall,
+    }
+}
+
+/// Everything one sync writes, one statement per table.
+#[derive(Default)]
+struct Plan {
+    kinds: Vec<String>,
+    ids: Vec<String>,
+    budget: Vec<Decimal>,
+    slots: Vec<i64>,
+    requests: Vec<Decimal>,
+    tokens: Vec<Decimal>,
+    committed: Vec<Decimal>,
+    open: Vec<i64>,
+    released: Vec<bool>,
+    rpm_level: Vec<Decimal>,
+    tpm_level: Vec<Decimal>,
+    recall_at: Vec<Option<DateTime<Utc>>>,
+}
+
+impl Plan {
+    fn push(&mut self, ask: &slice::Ask, row: &LimitRow, d: &Decided, now: DateTime<Utc>) {
+        self.kinds.push(row.scope.as_str().to_owned());
+        self.ids.push(row.id.clone());
+        self.budget.push(d.granted.budget);
+        self.slots.push(d.granted.slots);
+        self.requests.push(d.granted.requests);
+        self.tokens.push(d.granted.tokens);
+        self.committed.push(ask.committed);
+        self.open.push(ask.open);
+        self.released.push(ask.release);
+        self.rpm_level.push(d.rpm_level);
+        self.tpm_level.push(d.tpm_level);
+        self.recall_at.push(d.recall.then_some(now));
+    }
+
+    async fn save(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        holder: &str,
+        now: DateTime<Utc>,
+        ttl: std::time::Duration,
+    ) -> Result<(), sqlx::Error> {
+        if self.kinds.is_empty() {
+            return Ok(());
+        }
+        let expires = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::minutes(2));
         sqlx::query(
-            "UPDATE limits SET rpm_level = $3, tpm_level = $4, bucket_at = $5,
-                reserved = $6, open_requests = $7
-             WHERE scope_kind = $1 AND scope_id = $2",
+            "WITH a AS (SELECT * FROM unnest($1::text[], $2::text[], $3::numeric[], $4::int8[],
+                        $5::numeric[], $6::numeric[], $7::numeric[], $8::int8[], $9::bool[])
+                        AS a(k, i, b, s, r, t, c, o, released)),
+             gone AS (DELETE FROM limit_leases l USING a
+                      WHERE a.released AND l.scope_kind = a.k AND l.scope_id = a.i AND l.holder = $10)
+             INSERT INTO limit_leases (scope_kind, scope_id, holder, budget, slots, requests, tokens,
+                                       committed, open_requests, renewed_at, expires_at)
+             SELECT k, i, $10, b, s, r, t, c, o, $11, $12 FROM a WHERE NOT released
+             ON CONFLICT (scope_kind, scope_id, holder) DO UPDATE SET
+                budget = EXCLUDED.budget, slots = EXCLUDED.slots, requests = EXCLUDED.requests,
+                tokens = EXCLUDED.tokens, committed = EXCLUDED.committed,
+                open_requests = EXCLUDED.open_requests, renewed_at = EXCLUDED.renewed_at,
+                expires_at = EXCLUDED.expires_at",
         )
-        .bind(scope.row.scope.as_str())
-        .bind(&scope.row.id)
-        .bind(scope.rpm)
-        .bind(scope.tpm)
+        .bind(&self.kinds)
+        .bind(&self.ids)
+        .bind(&self.budget)
+        .bind(&self.slots)
+        .bind(&self.requests)
+        .bind(&self.tokens)
+        .bind(&self.committed)
+        .bind(&self.open)
+        .bind(&self.released)
+        .bind(holder)
         .bind(now)
-        .bind(scope.live.reserved)
-        .bind(scope.live.open)
+        .bind(expires)
         .execute(&mut **tx)
         .await?;
+        sqlx::query(
+            "UPDATE limits l SET rpm_level = a.r, tpm_level = a.t, bucket_at = $5,
+                recall_at = coalesce(a.recall, l.recall_at)
+             FROM unnest($1::text[], $2::text[], $3::numeric[], $4::numeric[], $6::timestamptz[])
+                  AS a(k, i, r, t, recall)
+             WHERE l.scope_kind = a.k AND l.scope_id = a.i",
+        )
+        .bind(&self.kinds)
+        .bind(&self.ids)
+        .bind(&self.rpm_level)
+        .bind(&self.tpm_level)
+        .bind(now)
+        .bind(&self.recall_at)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
     }
-    Ok(())
 }
 
-/// One statement for the admitted requests of the batch.
-async fn insert_reservations(
+async fn insert_overruns(
     tx: &mut Transaction<'_, Postgres>,
-    asks: &[Ask],
-    decisions: &[Decision],
-    now: DateTime<Utc>,
+    overruns: &[Overrun],
 ) -> Result<(), sqlx::Error> {
-    let admitted: Vec<&Ask> = asks
-        .iter()
-        .zip(decisions)
-        .filter(|(_, d)| d.is_ok())
-        .map(|(a, _)| a)
-        .collect();
-    if admitted.is_empty() {
+    if overruns.is_empty() {
         return Ok(());
     }
-    let column = |f: fn(&Ask) -> &str| admitted.iter().map(|a| f(a)).collect::<Vec<_>>();
-    let expires: Vec<DateTime<Utc>> = admitted
-        .iter()
-        .map(|a| now + chrono::Duration::from_std(a.ttl).unwrap_or(chrono::Duration::hours(1)))
-        .collect();
+    let col = |f: fn(&Overrun) -> &str| overruns.iter().map(|o| f(o)).collect::<Vec<_>>();
     sqlx::query(
-        "INSERT INTO limit_reservations (request_id, tenant_id, api_key_id, estimate, tokens, created_at, expires_at)
-         SELECT r, t, k, e, n, $6, x
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::int8[], $7::timestamptz[])
-              AS a(r, t, k, e, n, x)",
+        "INSERT INTO limit_overruns (request_id, tenant_id, api_key_id, estimate, actual, overrun, started_at)
+         SELECT r, t, k, e, a, a - e, s
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::numeric[], $6::timestamptz[])
+              AS x(r, t, k, e, a, s)
+         ON CONFLICT (request_id) DO NOTHING",
     )
-    .bind(column(|a| &a.request_id))
-    .bind(column(|a| &a.tenant))
-    .bind(column(|a| &a.key_id))
-    .bind(admitted.iter().map(|a| a.estimate.cost).collect::<Vec<_>>())
-    .bind(admitted.iter().map(|a| a.estimate.tokens).collect::<Vec<_>>())
-    .bind(now)
-    .bind(expires)
+    .bind(col(|o| &o.request_id))
+    .bind(col(|o| &o.tenant))
+    .bind(col(|o| &o.key_id))
+    .bind(overruns.iter().map(|o| o.estimate).collect::<Vec<_>>())
+    .bind(overruns.iter().map(|o| o.actual).collect::<Vec<_>>())
+    .bind(overruns.iter().map(|o| o.started_at).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())
 }
 
-/// Extends the reservations of requests still open to `ttl` from now (the
-/// database's clock, as admission's); never shortens one.
-pub async fn extend(
-    pool: &PgPool,
-    request_ids: &[String],
-    ttl: std::time::Duration,
-) -> Result<(), sqlx::Error> {
-    let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1));
-    sqlx::query(
-        "UPDATE limit_reservations SET expires_at = greatest(expires_at, now() + $2)
-         WHERE request_id = ANY($1)",
-    )
-    .bind(request_ids)
-    .bind(ttl)
-    .execute(pool)
-    .await?;
-    Ok(())
-}
-
-/// What the ledger stored for one request, as settlement needs it.
-pub struct Settled<'a> {
-    pub request_id: &'a str,
-    pub cost: Option<Decimal>,
-    pub total_tokens: i64,
-}
-
-/// Releases the reservations of stored rows (one statement), records their
-/// overruns, and gives `tokens_per_minute` back what the estimate held
-/// beyond the actual (or takes the excess).
-pub async fn settle(pool: &PgPool, rows: &[Settled<'_>]) -> Result<(), sqlx::Error> {
-    let ids: Vec<&str> = rows.iter().map(|r| r.request_id).collect();
-    let costs: Vec<Option<Decimal>> = rows.iter().map(|r| r.cost).collect();
-    let tokens: Vec<i64> = rows.iter().map(|r| r.total_tokens).collect();
+/// Hands back every slice of `holder` that has nothing open (shutdown):
+/// their rate tokens go back to the buckets, their budget and slots are
+/// free at once. Slices with open requests (rows still spooled) stay and
+/// lapse at their expiry.
+pub async fn release_idle(pool: &PgPool, holder: &str) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let refunds: Vec<Release> = sqlx::query_as(
-        "WITH actual AS (
-            SELECT * FROM unnest($1::text[], $2::numeric[], $3::int8[]) AS a(request_id, cost, tokens)),
-         settled AS (
-            DELETE FROM limit_reservations r USING actual a WHERE r.request_id = a.request_id
-            RETURNING r.request_id, r.tenant_id, r.api_key_id, r.estimate, r.tokens AS held,
-                      r.created_at, a.cost, a.tokens),
-         over AS (
-            INSERT INTO limit_overruns (request_id, tenant_id, api_key_id, estimate, actual, overrun, started_at)
-            SELECT request_id, tenant_id, api_key_id, estimate, cost, cost - estimate, created_at
-            FROM settled WHERE cost > estimate
-            ON CONFLICT (request_id) DO NOTHING)
-         SELECT 'key', api_key_id, sum(held - tokens)::int8, sum(estimate), count(*) FROM settled GROUP BY api_key_id
-         UNION ALL
-         SELECT 'tenant', tenant_id, sum(held - tokens)::int8, sum(estimate), count(*) FROM settled GROUP BY tenant_id",
+    let gone: Vec<(String, String, Decimal, Decimal)> = sqlx::query_as(
+        "SELECT l.scope_kind, l.scope_id, greatest(l.requests, 0), greatest(l.tokens, 0)
+         FROM limit_leases l JOIN limits s USING (scope_kind, scope_id)
+         WHERE l.holder = $1 AND l.committed = 0 AND l.open_requests = 0
+         ORDER BY l.scope_kind, l.scope_id FOR UPDATE OF s",
     )
-    .bind(&ids)
-    .bind(&costs)
-    .bind(&tokens)
+    .bind(holder)
     .fetch_all(&mut *tx)
     .await?;
-    release(&mut tx, refunds).await?;
-    tx.commit().await
-}
-
-/// Deletes the reservations past their expiry (their replica died or lost
-/// the database) and takes them off their scopes' counters; their tokens
-/// stay taken (the actual is unknown). How many were swept.
-pub async fn sweep_expired(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let gone: Vec<Release> = sqlx::query_as(
-        "WITH gone AS (
-            DELETE FROM limit_reservations WHERE expires_at <= clock_timestamp()
-            RETURNING tenant_id, api_key_id, estimate)
-         SELECT 'key', api_key_id, 0::int8, sum(estimate), count(*) FROM gone GROUP BY api_key_id
-         UNION ALL
-         SELECT 'tenant', tenant_id, 0::int8, sum(estimate), count(*) FROM gone GROUP BY tenant_id",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    let swept = gone
-        .iter()
-        .filter(|r| r.0 == "key")
-        .map(|r| u64::try_from(r.4).unwrap_or(0))
-        .sum();
-    release(&mut tx, gone).await?;
-    tx.commit().await?;
-    Ok(swept)
-}
-
-/// Per scope: tokens to give back, and the estimate sum and count of the
-/// reservations that ended.
-type Release = (String, String, i64, Decimal, i64);
-
-/// Takes ended reservations off their scopes: the counters, and the tokens
-/// the estimates held beyond the actuals. Lock order as in admission (kind,
-/// id), so settlement and admission never deadlock.
-async fn release(
-    tx: &mut Transaction<'_, Postgres>,
-    mut released: Vec<Release>,
-) -> Result<(), sqlx::Error> {
-    released.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-    for (kind, id, refund, estimate, count) in released {
+    for (kind, id, requests, tokens) in &gone {
         sqlx::query(
             "UPDATE limits SET
+                rpm_level = CASE WHEN requests_per_minute IS NULL THEN rpm_level
+                                 ELSE least(requests_per_minute, rpm_level + $3) END,
                 tpm_level = CASE WHEN tokens_per_minute IS NULL THEN tpm_level
-                                 ELSE least(tokens_per_minute, tpm_level + $3) END,
-                reserved = reserved - $4, open_requests = open_requests - $5
+                                 ELSE least(tokens_per_minute, tpm_level + $4) END
              WHERE scope_kind = $1 AND scope_id = $2",
         )
         .bind(kind)
         .bind(id)
-        .bind(refund)
-        .bind(estimate)
-        .bind(count)
-        .execute(&mut **tx)
+        .bind(requests)
+        .bind(tokens)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM limit_leases WHERE scope_kind = $1 AND scope_id = $2 AND holder = $3",
+        )
+        .bind(kind)
+        .bind(id)
+        .bind(holder)
+        .execute(&mut *tx)
         .await?;
     }
-    Ok(())
+    tx.commit().await?;
+    Ok(gone.len() as u64)
 }

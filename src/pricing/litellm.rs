@@ -41,8 +41,8 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::pricing::sheet::{
-    parse_decimal, parse_field_name, OnIncomplete, PriceSheet, RawFields, SheetBuilder,
-    DEFAULT_CURRENCY,
+    parse_decimal, parse_field_name, ModelLimits, OnIncomplete, PriceSheet, RawFields,
+    SheetBuilder, DEFAULT_CURRENCY, LIMIT_FIELDS,
 };
 
 /// What an import produced. Both lists keep the file's order.
@@ -151,8 +151,16 @@ fn import_entry(raw: &RawValue) -> Result<(PriceSheet, Vec<String>), String> {
     }
 
     let mut builder = SheetBuilder::default();
+    let mut limits = ModelLimits::default();
     let mut ignored = Vec::new();
     for (name, value) in &fields {
+        if LIMIT_FIELDS.contains(&name.as_str()) {
+            // A limit LiteLLM gets wrong (null, a float) is left out, not fatal.
+            if let Ok(value) = parse_decimal(value, name) {
+                let _ = limits.set(name, value);
+            }
+            continue;
+        }
         match parse_field_name(name) {
             Some((field, variant)) => {
                 let rate = parse_decimal(value, name).map_err(|e| e.to_string())?;
@@ -170,6 +178,7 @@ fn import_entry(raw: &RawValue) -> Result<(PriceSheet, Vec<String>), String> {
     let (sheet, mut notes) = builder
         .build(DEFAULT_CURRENCY.to_owned(), OnIncomplete::Drop)
         .map_err(|e| e.to_string())?;
+    let sheet = sheet.with_limits(limits);
     if !ignored.is_empty() {
         notes.push(format!(
             "ignored price fields the Responses cost formula does not bill: {}",

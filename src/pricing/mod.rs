@@ -7,12 +7,11 @@
 //! Money is `rust_decimal` end to end; no float ever carries a rate.
 //!
 //! Every insert announces itself on [`NOTIFY_CHANNEL`] in the same
-//! transaction, so every replica's [`notify`] listener reloads its book as
+//! transaction, so every replica's [`crate::notify`] listener reloads its book as
 //! soon as the change is committed (and not before).
 
 pub mod cost;
 pub mod litellm;
-pub mod notify;
 pub mod reprice;
 pub mod sheet;
 
@@ -67,7 +66,7 @@ impl PriceVersion {
         map.insert("retired".into(), self.sheet.is_none().into());
         if let Some(sheet) = &self.sheet {
             for (field, value) in sheet.to_fields() {
-                map.insert(field, value.normalize().to_string().into());
+                map.insert(field.clone(), sheet::field_json(&field, value));
             }
         }
         map.insert("currency".into(), self.currency.clone().into());

@@ -248,6 +248,69 @@ pub struct PriceSheet {
     priority: Option<Rates>,
     /// Ascending by threshold, thresholds distinct.
     long_context: Vec<LongContext>,
+    limits: ModelLimits,
+}
+
+/// What the model can take and give in one call, kept with its prices
+/// (LiteLLM's `max_input_tokens` and `max_output_tokens`, and Tollgate's
+/// `max_tokens_per_image`): spend control bounds a request's cost with
+/// them. Not prices: they change no cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModelLimits {
+    /// The context window: no single model call reads more input.
+    pub max_input_tokens: Option<i64>,
+    pub max_output_tokens: Option<i64>,
+    /// The most input tokens one image can cost.
+    pub max_tokens_per_image: Option<i64>,
+}
+
+/// The limit field names, as stored beside the rates.
+pub const LIMIT_FIELDS: [&str; 3] = [
+    "max_input_tokens",
+    "max_output_tokens",
+    "max_tokens_per_image",
+];
+/// Largest model limit accepted (the ledger's token columns bound).
+const MAX_LIMIT: i64 = 1_000_000_000;
+
+impl ModelLimits {
+    fn slot(&mut self, name: &str) -> Option<&mut Option<i64>> {
+        match name {
+            "max_input_tokens" => Some(&mut self.max_input_tokens),
+            "max_output_tokens" => Some(&mut self.max_output_tokens),
+            "max_tokens_per_image" => Some(&mut self.max_tokens_per_image),
+            _ => None,
+        }
+    }
+
+    fn fields(&self) -> [(&'static str, Option<i64>); 3] {
+        [
+            ("max_input_tokens", self.max_input_tokens),
+            ("max_output_tokens", self.max_output_tokens),
+            ("max_tokens_per_image", self.max_tokens_per_image),
+        ]
+    }
+
+    /// Sets `name` (a limit field) from an exact value: a whole number in
+    /// 1..=10^9. `Ok(false)` when `name` is not a limit field.
+    pub(super) fn set(&mut self, name: &str, value: Decimal) -> Result<bool, FieldError> {
+        let Some(slot) = self.slot(name) else {
+            return Ok(false);
+        };
+        if slot.is_some() {
+            return Err(FieldError::new(name, "duplicate field"));
+        }
+        let whole = value.normalize();
+        let n = (whole.scale() == 0)
+            .then(|| i64::try_from(whole.mantissa()).ok())
+            .flatten()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                FieldError::new(name, "must be a whole number of tokens, 1 to 1000000000")
+            })?;
+        *slot = Some(n);
+        Ok(true)
+    }
 }
 
 impl PriceSheet {
@@ -266,6 +329,14 @@ impl PriceSheet {
     /// Long-context variants, ascending by threshold.
     pub fn long_context(&self) -> &[LongContext] {
         &self.long_context
+    }
+    pub fn limits(&self) -> ModelLimits {
+        self.limits
+    }
+    /// The same prices with other model limits.
+    pub fn with_limits(mut self, limits: ModelLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The long-context variant with the largest threshold that
@@ -301,7 +372,11 @@ impl PriceSheet {
         currency: Option<&str>,
     ) -> Result<PriceSheet, FieldError> {
         let mut builder = SheetBuilder::default();
+        let mut limits = ModelLimits::default();
         for (name, value) in fields {
+            if limits.set(name, *value)? {
+                continue;
+            }
             let (field, variant) = parse_field_name(name)
                 .ok_or_else(|| FieldError::new(name.as_str(), UNKNOWN_FIELD))?;
             let value = check_decimal(*value, name)?;
@@ -313,7 +388,7 @@ impl PriceSheet {
         };
         builder
             .build(currency, OnIncomplete::Reject)
-            .map(|(sheet, _)| sheet)
+            .map(|(sheet, _)| sheet.with_limits(limits))
     }
 
     /// The canonical flat form: every rate the sheet was given (fallbacks are
@@ -338,6 +413,11 @@ impl PriceSheet {
         for lc in &self.long_context {
             put(Variant::AboveK(lc.above_k), &lc.rates);
         }
+        for (name, value) in self.limits.fields() {
+            if let Some(n) = value {
+                out.insert(name.to_owned(), Decimal::from(n));
+            }
+        }
         out
     }
 
@@ -348,6 +428,7 @@ impl PriceSheet {
     /// [`FieldError`] naming the field.
     pub fn parse_strict(fields: &[(String, Box<RawValue>)]) -> Result<PriceSheet, FieldError> {
         let mut builder = SheetBuilder::default();
+        let mut limits = ModelLimits::default();
         let mut currency = None;
         let mut seen = BTreeSet::new();
         for (name, raw) in fields {
@@ -360,6 +441,10 @@ impl PriceSheet {
                 currency = Some(check_currency(&text)?);
                 continue;
             }
+            if LIMIT_FIELDS.contains(&name.as_str()) {
+                limits.set(name, parse_decimal(raw, name)?)?;
+                continue;
+            }
             let (field, variant) = parse_field_name(name)
                 .ok_or_else(|| FieldError::new(name.as_str(), UNKNOWN_FIELD))?;
             let value = parse_decimal(raw, name)?;
@@ -368,19 +453,34 @@ impl PriceSheet {
         let currency = currency.unwrap_or_else(|| DEFAULT_CURRENCY.to_owned());
         builder
             .build(currency, OnIncomplete::Reject)
-            .map(|(sheet, _)| sheet)
+            .map(|(sheet, _)| sheet.with_limits(limits))
     }
 }
 
-/// Written as the flat field map (decimal strings) plus `currency`, which is
-/// also what the admin API shows.
+/// A stored field as the admin API shows it: rates as exact decimal
+/// strings, model limits as integers.
+pub fn field_json(name: &str, value: Decimal) -> serde_json::Value {
+    if LIMIT_FIELDS.contains(&name) {
+        if let Ok(n) = i64::try_from(value.normalize().mantissa()) {
+            return n.into();
+        }
+    }
+    value.normalize().to_string().into()
+}
+
+/// Written as the flat field map (decimal strings; model limits as
+/// integers) plus `currency`, which is also what the admin API shows.
 impl Serialize for PriceSheet {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let fields = self.to_fields();
         let mut map = serializer.serialize_map(Some(fields.len() + 1))?;
         map.serialize_entry("currency", &self.currency)?;
         for (name, value) in &fields {
-            map.serialize_entry(name, value)?;
+            if LIMIT_FIELDS.contains(&name.as_str()) {
+                map.serialize_entry(name, &field_json(name, *value))?;
+            } else {
+                map.serialize_entry(name, value)?;
+            }
         }
         map.end()
     }
@@ -388,7 +488,8 @@ impl Serialize for PriceSheet {
 
 const UNKNOWN_FIELD: &str = "unknown field; expected input_cost_per_token, \
 cache_read_input_token_cost, output_cost_per_token or output_cost_per_reasoning_token, \
-optionally suffixed _flex, _priority or _above_{N}k_tokens, or currency";
+optionally suffixed _flex, _priority or _above_{N}k_tokens, max_input_tokens, \
+max_output_tokens, max_tokens_per_image or currency";
 
 fn check_currency(code: &str) -> Result<String, FieldError> {
     if code.len() == 3 && code.bytes().all(|b| b.is_ascii_lowercase()) {
@@ -454,6 +555,7 @@ impl SheetBuilder {
             flex: None,
             priority: None,
             long_context: Vec::new(),
+            limits: ModelLimits::default(),
         };
         let mut notes = Vec::new();
         // BTreeMap order puts AboveK thresholds ascending, which is the order

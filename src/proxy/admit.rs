@@ -8,14 +8,17 @@
 
 use crate::error::ApiError;
 use crate::ledger::owners::{owner_of, Owner};
+use crate::limits::estimate::Carried;
 use crate::proxy::validate::BodyFacts;
 use crate::state::AppState;
 
-/// What admission decides for one body: the upstream its state lives on.
+/// What admission decides for one body: the upstream its state lives on,
+/// and what the body carries over from it (spend control bounds it).
 #[derive(Debug, Clone, Default)]
 pub struct Admitted {
     /// A follow-up goes where its previous response is.
     pub pinned: Option<String>,
+    pub carried: Carried,
 }
 
 /// Admits `facts` for `tenant`. `prefix` names the fallback whose body this
@@ -60,10 +63,21 @@ pub async fn admit(
             }
         }
     }
+    let mut carried = match facts.conversation {
+        Some(_) => Carried::Unknown("conversation"),
+        None => Carried::Nothing,
+    };
     let pinned = match &facts.previous_response_id {
         None => None,
         Some(previous) => match owner_of(state.ledger.recent(), &state.pool, previous).await? {
-            Some(owner) if owner.tenant == tenant => owner.upstream,
+            Some(owner) if owner.tenant == tenant => {
+                if carried == Carried::Nothing {
+                    carried = owner
+                        .context_tokens
+                        .map_or(Carried::Unknown("previous_response_id"), Carried::Tokens);
+                }
+                owner.upstream
+            }
             _ => {
                 return Err(ApiError::not_found(format!(
                     "Previous response with id '{previous}' not found."
@@ -73,7 +87,7 @@ pub async fn admit(
             }
         },
     };
-    Ok(Admitted { pinned })
+    Ok(Admitted { pinned, carried })
 }
 
 /// The tenant that created conversation `id` through Tollgate (the

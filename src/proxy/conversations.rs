@@ -101,7 +101,13 @@ pub async fn conversation_owner(pool: &PgPool, id: &str) -> Result<Option<Owner>
     .bind(id)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|(tenant, upstream)| Owner { tenant, upstream }))
+    // A conversation's context is whatever its items hold now (other calls
+    // and concurrent responses add to it): not known here.
+    Ok(row.map(|(tenant, upstream)| Owner {
+        tenant,
+        upstream,
+        context_tokens: None,
+    }))
 }
 
 async fn record_owner(

@@ -176,6 +176,11 @@ struct Candidate {
     max_retries: u32,
     /// Where this candidate's referenced state lives.
     pinned: Option<String>,
+    /// What its body carries over from earlier state (for the cost bound).
+    carried: crate::limits::estimate::Carried,
+    /// Its parameter path (`turing_options.fallbacks[0]`), empty for the
+    /// request itself.
+    param: String,
     /// The end user of this candidate's body (an override may change it).
     end_user: Option<String>,
     /// The offered tools this candidate's body leaves out (an override of
@@ -234,8 +239,9 @@ async fn forward_routed(
 }
 
 /// Spend control, once the request and every candidate passed their checks
-/// and before anything is sent: the estimate is reserved against the highest
-/// price any candidate could be served at.
+/// and before anything is sent: the bound of the cost is reserved against
+/// the highest price any candidate could be served at, each with its own
+/// effective body and what it carries over.
 async fn limit(
     state: &AppState,
     meter: &Meter,
@@ -246,14 +252,38 @@ async fn limit(
     let Some(ctx) = meter.ctx().filter(|_| kind.billable()) else {
         return Ok(crate::limits::Admission::default());
     };
-    let prices: Vec<_> = chain
+    state
+        .limits
+        .admit(&state.pool, ctx, || estimate(state, ctx, request, chain))
+        .await
+}
+
+fn estimate(
+    state: &AppState,
+    ctx: &crate::metering::RequestContext,
+    request: &CreateRequest,
+    chain: &[Candidate],
+) -> crate::limits::Estimate {
+    use crate::limits::estimate::Candidate as Bounded;
+    let bodies: Vec<bytes::Bytes> = chain
         .iter()
-        .map(|c| state.prices.lookup(&c.model, ctx.started_at))
+        .map(|c| {
+            request
+                .body_for(&c.model, &c.overrides)
+                .unwrap_or_else(|_| request.body.clone())
+        })
         .collect();
-    crate::limits::admit(state, ctx, || {
-        crate::limits::Estimate::of_request(&request.body, &prices)
-    })
-    .await
+    let candidates: Vec<Bounded<'_>> = chain
+        .iter()
+        .zip(&bodies)
+        .map(|(c, body)| Bounded {
+            body,
+            price: state.prices.lookup(&c.model, ctx.started_at),
+            carried: c.carried,
+            param: &c.param,
+        })
+        .collect();
+    crate::limits::Estimate::of_candidates(&candidates)
 }
 
 /// Everything decided before the first byte goes upstream: the body read and
@@ -321,6 +351,8 @@ fn build_candidates(
         overrides,
         max_retries,
         pinned: None,
+        carried: Default::default(),
+        param: String::new(),
         end_user: None,
         dropped: Vec::new(),
     };
@@ -379,13 +411,17 @@ async fn admit_candidates(
     let own = admit(state, tenant, &request.facts, "").await?;
     let mut checked = Vec::with_capacity(chain.len());
     for (mut candidate, param) in chain {
+        candidate.param.clone_from(&param);
         if candidate.overrides.is_empty() {
             candidate.pinned.clone_from(&own.pinned);
+            candidate.carried = own.carried;
             candidate.end_user.clone_from(&request.facts.end_user);
             candidate.dropped.clone_from(&request.dropped_tools);
         } else {
             let facts = request.fallback_facts(&candidate.overrides, &param)?;
-            candidate.pinned = admit(state, tenant, &facts, &param).await?.pinned;
+            let admitted = admit(state, tenant, &facts, &param).await?;
+            candidate.pinned = admitted.pinned;
+            candidate.carried = admitted.carried;
             candidate.end_user = facts.end_user;
             candidate.dropped = facts.tools.dropped;
         }

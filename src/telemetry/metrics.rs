@@ -33,6 +33,7 @@ pub const ROWS_QUEUED: &str = "tollgate_ledger_rows_queued";
 pub const ROWS_QUARANTINED: &str = "tollgate_ledger_rows_quarantined_total";
 pub const WRITE_ERRORS: &str = "tollgate_ledger_write_errors_total";
 pub const LIMIT_REJECTIONS: &str = "tollgate_limit_rejections_total";
+pub const LIMIT_SYNCS: &str = "tollgate_limit_syncs_total";
 pub const ALERTS_RECORDED: &str = "tollgate_alerts_recorded_total";
 pub const ALERTS_DELIVERED: &str = "tollgate_alerts_delivered_total";
 pub const ALERT_DELIVERY_FAILURES: &str = "tollgate_alerts_delivery_failures_total";
@@ -110,6 +111,10 @@ fn describe() {
     describe_counter!(
         LIMIT_REJECTIONS,
         "Requests refused by a budget or rate limit, by scope and reason."
+    );
+    describe_counter!(
+        LIMIT_SYNCS,
+        "Slice syncs of spend control with the database (one transaction each), by trigger (periodic: the keeper's tick; demand: requests waited) and outcome."
     );
     describe_counter!(
         ALERTS_RECORDED,
@@ -228,6 +233,12 @@ pub fn record_upstream(upstream: &str, elapsed: Duration) {
 /// budget, requests, tokens, concurrency).
 pub fn record_limit_rejection(scope: &'static str, reason: &'static str) {
     metrics::counter!(LIMIT_REJECTIONS, "scope" => scope, "reason" => reason).increment(1);
+}
+
+/// One slice sync of spend control (`trigger`: periodic or demand).
+pub fn record_limit_sync(trigger: &'static str, ok: bool) {
+    let outcome = if ok { "ok" } else { "error" };
+    metrics::counter!(LIMIT_SYNCS, "trigger" => trigger, "outcome" => outcome).increment(1);
 }
 
 /// Budget alert events newly recorded (one per crossed threshold).

@@ -187,6 +187,28 @@ impl TestGateway {
     }
 }
 
+/// Waits until no replica's slice reports an open request (each reports at
+/// its next sync, at most a second after its requests' rows are stored).
+pub async fn limits_settled(pool: &PgPool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (committed, open): (rust_decimal::Decimal, i64) = sqlx::query_as(
+            "SELECT coalesce(sum(committed), 0), coalesce(sum(open_requests), 0)::int8 FROM limit_leases",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if committed.is_zero() && open == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slices still report {open} open requests holding {committed}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The price used by most tests: gpt-5.5's list price (USD per token).
 pub fn gpt55_price() -> Value {
     serde_json::json!({

@@ -40,8 +40,10 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 
 use super::store::{self, Scope};
+use crate::config::AlertsConfig;
 use crate::ledger::LedgerRow;
-use crate::state::AppState;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Which scopes have alerts, as last loaded.
 #[derive(Default)]
@@ -148,23 +150,18 @@ impl Alerts {
 
 /// Starts the detector and, with a signing secret configured, the delivery
 /// task; both end at shutdown.
-pub fn spawn(state: &Arc<AppState>) {
-    let config = &state.config.alerts;
+pub fn spawn(
+    tasks: &TaskTracker,
+    pool: &PgPool,
+    alerts: &Arc<Alerts>,
+    config: &AlertsConfig,
+    stop: &CancellationToken,
+) {
     let sweep = std::time::Duration::from_secs(config.sweep_secs);
-    let detector = detect::run(
-        state.pool.clone(),
-        state.alerts.clone(),
-        sweep,
-        state.shutdown.clone(),
-    );
-    state.tasks.spawn(detector);
+    let detector = detect::run(pool.clone(), alerts.clone(), sweep, stop.clone());
+    tasks.spawn(detector);
     if let Some(settings) = deliver::Settings::from_config(config) {
-        let worker = deliver::run(
-            state.pool.clone(),
-            state.alerts.clone(),
-            settings,
-            state.shutdown.clone(),
-        );
-        state.tasks.spawn(worker);
+        let worker = deliver::run(pool.clone(), alerts.clone(), settings, stop.clone());
+        tasks.spawn(worker);
     }
 }

@@ -1,5 +1,6 @@
-//! Cross-replica freshness: follows [`NOTIFY_CHANNEL`](super::NOTIFY_CHANNEL)
-//! with a `PgListener` and asks for a full reload on every announcement.
+//! Cross-replica freshness: follows one `NOTIFY` channel (price changes,
+//! limit changes) with a `PgListener` and hands every announcement to the
+//! caller's reload.
 //!
 //! PostgreSQL does not queue notifications for a listener that is gone, so
 //! every (re)connect is followed by a full reload *after* `LISTEN` is in
@@ -10,7 +11,8 @@
 //! in `server` stays as a safety net for anything this misses.
 //!
 //! It owns the listening loop only; what a reload does is the caller's
-//! closure, so this module needs no application state.
+//! closure, so this module needs no application state. Used by
+//! `pricing` (channel `tollgate_prices`) and `limits` (`tollgate_limits`).
 
 use std::future::Future;
 use std::time::Duration;
@@ -18,8 +20,6 @@ use std::time::Duration;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-
-use super::NOTIFY_CHANNEL;
 
 /// What the caller's reload reports back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,22 +32,28 @@ pub enum Reloaded {
     Stop,
 }
 
-/// Why a reload is asked for (for logs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a reload is asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trigger {
-    /// A listener connection was (re)established.
+    /// A listener connection was (re)established: anything may have
+    /// changed meanwhile.
     Connected,
-    /// A price change was announced.
-    Notified,
+    /// Changes were announced: their payloads, in order.
+    Notified(Vec<String>),
 }
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Listens until `stop` is cancelled, the pool is closed or `reload` says
-/// [`Reloaded::Stop`]. Uses one connection of `pool` for as long as it runs.
-pub async fn follow_price_changes<F, Fut>(pool: PgPool, stop: CancellationToken, mut reload: F)
-where
+/// Listens on `channel` until `stop` is cancelled, the pool is closed or
+/// `reload` says [`Reloaded::Stop`]. Uses one connection of `pool` for as
+/// long as it runs.
+pub async fn follow<F, Fut>(
+    pool: PgPool,
+    channel: &'static str,
+    stop: CancellationToken,
+    mut reload: F,
+) where
     F: FnMut(Trigger) -> Fut,
     Fut: Future<Output = Reloaded>,
 {
@@ -55,13 +61,13 @@ where
     loop {
         let connected = tokio::select! {
             () = stop.cancelled() => return,
-            result = listen(&pool) => result,
+            result = listen(&pool, channel) => result,
         };
         let mut listener = match connected {
             Ok(listener) => listener,
             Err(sqlx::Error::PoolClosed) => return,
             Err(err) => {
-                tracing::warn!(error = %err, "price listener cannot connect; retrying");
+                tracing::warn!(error = %err, channel, "listener cannot connect; retrying");
                 if !pause(&stop, &mut backoff).await {
                     return;
                 }
@@ -86,21 +92,23 @@ where
             };
             let trigger = match received {
                 Ok(Some(notification)) => {
-                    tracing::debug!(model = notification.payload(), "price change announced");
                     // One reload covers every announcement already here.
-                    while listener.next_buffered().is_some() {}
-                    Trigger::Notified
+                    let mut payloads = vec![notification.payload().to_owned()];
+                    while let Some(more) = listener.next_buffered() {
+                        payloads.push(more.payload().to_owned());
+                    }
+                    Trigger::Notified(payloads)
                 }
                 // The connection dropped and sqlx has already reconnected and
                 // re-subscribed (eager reconnect): announcements in between
                 // are lost, so reload everything.
                 Ok(None) => {
-                    tracing::info!("price listener reconnected; reloading all prices");
+                    tracing::info!(channel, "listener reconnected; reloading everything");
                     Trigger::Connected
                 }
                 Err(sqlx::Error::PoolClosed) => return,
                 Err(err) => {
-                    tracing::warn!(error = %err, "price listener lost its connection; reconnecting");
+                    tracing::warn!(error = %err, channel, "listener lost its connection; reconnecting");
                     break;
                 }
             };
@@ -117,9 +125,9 @@ where
     }
 }
 
-async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+async fn listen(pool: &PgPool, channel: &str) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(NOTIFY_CHANNEL).await?;
+    listener.listen(channel).await?;
     Ok(listener)
 }
 
