@@ -72,6 +72,8 @@ impl LedgerHandle {
                 );
             }
         }
+        // The request is over: spend control frees its concurrency slot.
+        crate::limits::recorded(&row.request_id);
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
         if self.tx.send(Message::Row(Box::new(row))).is_err() {
             // Only after shutdown finished: nothing is left to write it.

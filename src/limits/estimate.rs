@@ -17,8 +17,9 @@
 //! - **model calls**: one, or `max_tool_calls + 1` when MCP tools let the
 //!   upstream call the model again after each tool result (each call bills
 //!   its input again);
-//! - **output**: the request's `max_output_tokens`, else the model's;
-//! all at the highest rate of every variant of every model the request may
+//! - **output**: the request's `max_output_tokens`, else the model's.
+//!
+//! All at the highest rate of every variant of every model the request may
 //! be served by (fallbacks with their own effective bodies). Where a part
 //! has no bound (the model has no `max_input_tokens` or
 //! `max_output_tokens`, MCP without `max_tool_calls`) the estimate says so
@@ -312,14 +313,12 @@ impl Body {
                 .iter()
                 .any(|t| t.get("type").and_then(Value::as_str) == Some("mcp"));
         }
-        if let Some(input) = shape
+        if let Some(Value::Array(items)) = shape
             .input
             .and_then(|i| serde_json::from_str::<Value>(i.get()).ok())
         {
-            if let Value::Array(items) = input {
-                for (i, item) in items.iter().enumerate() {
-                    out.item(item, &join(param, &format!("input[{i}]")));
-                }
+            for (i, item) in items.iter().enumerate() {
+                out.item(item, &join(param, &format!("input[{i}]")));
             }
         }
         out

@@ -92,6 +92,8 @@ struct Held {
     since: Instant,
     /// Its row was stored as `queued`: held until it settles.
     background: bool,
+    /// It still holds its concurrency slot (until its row is recorded).
+    open: bool,
 }
 
 /// The request an admission is for.
@@ -265,6 +267,7 @@ impl Leases {
                 started_at: request.started_at,
                 since: now,
                 background: false,
+                open: true,
             },
         );
         Ok(views)
@@ -486,7 +489,7 @@ impl Leases {
     fn undo(&self, request_id: &str) {
         if let Some(held) = held().remove(request_id) {
             for cell in &held.cells {
-                cell.lock().untake(held.need);
+                cell.lock().untake(held.need, held.open);
             }
         }
     }
@@ -669,6 +672,24 @@ fn needs_by_scope(waiters: &[Waiter]) -> HashMap<(Scope, String), Waiting> {
     needs
 }
 
+/// A request's row was handed to the ledger: the request is no longer
+/// open, so its concurrency slot is free (its estimate stays held until the
+/// row is stored, which through a database outage may be much later).
+pub fn recorded(request_id: &str) {
+    if !HELD_ANY.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut held = held();
+    if let Some(h) = held.get_mut(request_id) {
+        if h.open {
+            h.open = false;
+            for cell in &h.cells {
+                cell.lock().close();
+            }
+        }
+    }
+}
+
 /// The ledger writer stored these rows: their holds end (a `queued`
 /// background row keeps its hold until it settles).
 pub fn settle_stored<'a>(rows: impl Iterator<Item = (&'a str, &'a str, Option<Decimal>, i64)>) {
@@ -714,7 +735,7 @@ fn release_row(request_id: &str, h: Held, cost: Option<Decimal>, tokens: i64) {
     });
     for cell in &h.cells {
         cell.lock()
-            .release(h.need, cost.unwrap_or_default(), tokens);
+            .release(h.need, cost.unwrap_or_default(), tokens, h.open);
     }
     if let Some(overrun) = overrun {
         leases

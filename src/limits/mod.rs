@@ -50,8 +50,10 @@ pub use keeper::LeaseSettings;
 use keeper::{Leases, Refusal};
 use store::{BucketView, Scope, Settings};
 
-/// How stale the cached limit settings may be.
-const CACHE_FOR: Duration = Duration::from_secs(1);
+/// How often the limit settings are reloaded.
+const RELOAD_EVERY: Duration = Duration::from_secs(1);
+/// Reloads closer together than this are one reload.
+const MIN_RELOAD: Duration = Duration::from_millis(50);
 
 struct Snapshot {
     loaded: Option<Instant>,
@@ -91,24 +93,32 @@ impl Limits {
         }
     }
 
-    fn fresh(&self) -> Option<Arc<Snapshot>> {
-        let snap = self.snapshot.load_full();
-        snap.loaded
-            .filter(|at| at.elapsed() < CACHE_FOR)
-            .map(|_| snap)
-    }
-
+    /// The settings in force. Reloaded once a second by a task of its own
+    /// (and at once after a change announced on `tollgate_limits`), so a
+    /// request waits for the database only when nothing is loaded yet or a
+    /// change made on this replica just invalidated them: never through an
+    /// outage, when the last known settings stay in force.
     async fn current(&self, pool: &PgPool) -> Result<Arc<Snapshot>, sqlx::Error> {
-        if let Some(snap) = self.fresh() {
+        let snap = self.snapshot.load_full();
+        if snap.loaded.is_some() {
             return Ok(snap);
         }
+        self.reload(pool).await
+    }
+
+    async fn reload(&self, pool: &PgPool) -> Result<Arc<Snapshot>, sqlx::Error> {
         let _one = self.reloading.lock().await;
-        if let Some(snap) = self.fresh() {
+        let snap = self.snapshot.load_full();
+        if snap.loaded.is_some_and(|at| at.elapsed() < MIN_RELOAD) {
             return Ok(snap);
         }
         let rows = match store::list(pool).await {
             Ok(rows) => rows,
-            Err(err) => return self.keep_last_known(err),
+            Err(err) if snap.loaded.is_some() => {
+                tracing::warn!(error = %err, "limits unreadable; keeping the last known settings");
+                return Ok(snap);
+            }
+            Err(err) => return Err(err),
         };
         let scopes: HashMap<_, _> = rows
             .into_iter()
@@ -121,24 +131,6 @@ impl Limits {
         });
         self.snapshot.store(snap.clone());
         Ok(snap)
-    }
-
-    /// The database is away: the last known settings stay in force
-    /// (retried once per `CACHE_FOR`, not on every request); limited scopes
-    /// are served from their slices. With nothing ever loaded, nothing is
-    /// known: refuse.
-    fn keep_last_known(&self, err: sqlx::Error) -> Result<Arc<Snapshot>, sqlx::Error> {
-        let last = self.snapshot.load_full();
-        if last.loaded.is_none() {
-            return Err(err);
-        }
-        tracing::warn!(error = %err, "limits unreadable; keeping the last known settings");
-        let kept = Arc::new(Snapshot {
-            loaded: Some(Instant::now()),
-            scopes: last.scopes.clone(),
-        });
-        self.snapshot.store(kept.clone());
-        Ok(kept)
     }
 
     /// Forgets the cached settings (after a change made on this replica).
@@ -162,6 +154,17 @@ impl Limits {
         stop: &tokio_util::sync::CancellationToken,
     ) {
         tasks.spawn(self.leases.clone().run(pool.clone(), stop.clone()));
+        let (weak, reload_pool, reload_stop) = (Arc::downgrade(self), pool.clone(), stop.clone());
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = reload_stop.cancelled() => return,
+                    () = tokio::time::sleep(RELOAD_EVERY) => {}
+                }
+                let Some(limits) = weak.upgrade() else { return };
+                let _ = limits.reload(&reload_pool).await;
+            }
+        });
         let weak = Arc::downgrade(self);
         tasks.spawn(crate::notify::follow(
             pool.clone(),
@@ -363,6 +366,12 @@ pub fn settle_stored(rows: &[LedgerRow]) {
             r.total_tokens,
         )
     }));
+}
+
+/// Hook of the ledger handle: a request's row was recorded (it is no
+/// longer open; its concurrency slot is free).
+pub fn recorded(request_id: &str) {
+    keeper::recorded(request_id);
 }
 
 /// A background response was settled on this replica.

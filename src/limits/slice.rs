@@ -173,7 +173,7 @@ pub struct Granted {
 /// How the sync of one scope ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Synced {
-    Granted(Granted),
+    Granted(Box<Granted>),
     /// The scope has no limits any more.
     Gone,
 }
@@ -262,12 +262,21 @@ impl Slice {
         self.last_active = now;
     }
 
-    /// A request taken earlier ended with its row stored: its estimate
-    /// leaves `committed`, its actual cost (now in the ledger's spend)
-    /// leaves `budget`, and `tokens_per_minute` gets the difference back.
-    pub fn release(&mut self, need: Need, actual_cost: Decimal, actual_tokens: i64) {
-        self.committed -= need.cost;
+    /// A request taken earlier ended (its row was handed to the ledger):
+    /// it no longer holds a concurrency slot.
+    pub fn close(&mut self) {
         self.open -= 1;
+    }
+
+    /// A request taken earlier has its row stored: its estimate leaves
+    /// `committed`, its actual cost (now in the ledger's spend) leaves
+    /// `budget`, and `tokens_per_minute` gets the difference back (its slot
+    /// was freed by [`Slice::close`] unless `open` says it still holds it).
+    pub fn release(&mut self, need: Need, actual_cost: Decimal, actual_tokens: i64, open: bool) {
+        self.committed -= need.cost;
+        if open {
+            self.open -= 1;
+        }
         if self.settings.budget.is_some() {
             // Never below what is still committed: an overrun is recorded
             // elsewhere, the slice just stays conservative.
@@ -280,9 +289,11 @@ impl Slice {
 
     /// A taken request that never went out (its client left while it waited
     /// for a sync): everything goes back as if it had not been admitted.
-    pub fn untake(&mut self, need: Need) {
+    pub fn untake(&mut self, need: Need, open: bool) {
         self.committed -= need.cost;
-        self.open -= 1;
+        if open {
+            self.open -= 1;
+        }
         if self.settings.requests_per_minute.is_some() {
             self.requests += Decimal::ONE;
         }
@@ -363,8 +374,10 @@ impl Slice {
             plan_resource(avail, budget_target, self.settings.budget.is_some());
         self.budget -= budget_back;
 
+        // Concurrency comes in bursts: keep as many spare slots as were
+        // open at the recent peak.
         let slots_target = if keep_spare {
-            need_requests + (d.peak_open / 2).max(1)
+            need_requests + d.peak_open.max(1)
         } else {
             need_requests
         };
@@ -443,7 +456,8 @@ impl Slice {
         self.demand.cost = blend(self.demand.cost, w.cost / secs);
         self.demand.requests = blend(self.demand.requests, Decimal::from(w.requests) / secs);
         self.demand.tokens = blend(self.demand.tokens, Decimal::from(w.tokens) / secs);
-        self.demand.peak_open = self.demand.peak_open.max(w.peak_open) / 2 + w.peak_open / 2;
+        // The peak decays by half per sync without new peaks.
+        self.demand.peak_open = (self.demand.peak_open / 2).max(w.peak_open);
         self.window = Window::default();
     }
 
@@ -634,7 +648,7 @@ mod tests {
         assert_eq!(s.check(need, now), Err(Short::Budget));
         // Its row is stored at a cost of 0.25: 0.25 left the slice for the
         // ledger, the rest of the estimate is free again.
-        s.release(need, d("0.25"), 40);
+        s.release(need, d("0.25"), 40, true);
         assert_eq!(s.budget, d("0.75"));
         assert_eq!(s.committed, Decimal::ZERO);
         assert_eq!(s.tokens, d("60"));

@@ -462,7 +462,7 @@ async fn sync_in(
             .unwrap_or_default();
         let decided = decide(ask, row, *recall_at, *spent, &held, now, ttl);
         plan.push(ask, row, &decided, now);
-        synced.push(Synced::Granted(decided.granted));
+        synced.push(Synced::Granted(Box::new(decided.granted)));
     }
     plan.save(tx, holder, now, ttl).await?;
     insert_overruns(tx, overruns).await?;
@@ -574,8 +574,10 @@ fn decide(
         Some(b) => {
             let free = b.amount - spent - others.budget - ask.budget_held;
             let grant = share::grant(ask.budget_want, ask.budget_need, free);
-            let spare = ask.budget_held - ask.committed + grant;
-            recall |= spare < ask.budget_need && others.spare_budget > Decimal::ZERO;
+            // `committed` counts the waiters already: short when it exceeds
+            // the slice even with the grant.
+            let short = ask.budget_held + grant < ask.committed;
+            recall |= short && others.spare_budget > Decimal::ZERO;
             ask.budget_held + grant
         }
     };
@@ -584,7 +586,7 @@ fn decide(
         Some(limit) => {
             let free = limit - others.slots - ask.slots_held;
             let grant = share::grant_count(ask.slots_want, ask.slots_need, free);
-            recall |= ask.slots_held - ask.open + grant < ask.slots_need && others.spare_slots > 0;
+            recall |= ask.slots_held + grant < ask.open && others.spare_slots > 0;
             ask.slots_held + grant
         }
     };
@@ -740,7 +742,7 @@ async fn insert_overruns(
     if overruns.is_empty() {
         return Ok(());
     }
-    let col = |f: fn(&Overrun) -> &str| overruns.iter().map(|o| f(o)).collect::<Vec<_>>();
+    let col = |f: fn(&Overrun) -> &str| overruns.iter().map(f).collect::<Vec<_>>();
     sqlx::query(
         "INSERT INTO limit_overruns (request_id, tenant_id, api_key_id, estimate, actual, overrun, started_at)
          SELECT r, t, k, e, a, a - e, s
