@@ -15,7 +15,7 @@ use crate::state::AppState;
 /// Background jobs (partition upkeep, archiving, provider fetches, export
 /// delivery): the replica that ran each last, when it last ran and
 /// succeeded, its last error, cursor and lag, and whether it is paused.
-#[utoipa::path(get, path = "/admin/jobs", tag = "admin", security(("admin" = [])),
+#[utoipa::path(get, path = "/admin/jobs", tag = "admin", operation_id = "list_jobs", security(("admin" = [])),
     responses(
         (status = 200, description = "Every job's status.", body = crate::schema::JobList),
         (status = 401, description = "Missing or wrong admin token.", body = crate::error::Envelope),
