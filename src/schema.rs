@@ -47,6 +47,12 @@ pub struct PriceVersion {
     pub cache_read_input_token_cost: Option<String>,
     pub output_cost_per_token: Option<String>,
     pub output_cost_per_reasoning_token: Option<String>,
+    /// The model's context window (spend control bounds a request's input
+    /// with it).
+    pub max_input_tokens: Option<i64>,
+    pub max_output_tokens: Option<i64>,
+    /// The most input tokens one image can cost.
+    pub max_tokens_per_image: Option<i64>,
     pub currency: String,
     pub created_at: String,
     /// The label of the admin token that created it.
@@ -77,6 +83,11 @@ pub struct PriceBody {
     pub output_cost_per_token: String,
     pub cache_read_input_token_cost: Option<String>,
     pub output_cost_per_reasoning_token: Option<String>,
+    /// Model limits (whole numbers, 1 to 10^9): not prices, they bound a
+    /// request's cost for hard budgets.
+    pub max_input_tokens: Option<i64>,
+    pub max_output_tokens: Option<i64>,
+    pub max_tokens_per_image: Option<i64>,
     /// RFC 3339; default now; may be in the future.
     pub effective_from: Option<String>,
 }

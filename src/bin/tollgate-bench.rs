@@ -94,6 +94,9 @@ enum BenchCommand {
     Ledger(LedgerArgs),
     /// Instructions per proxied request under valgrind --tool=callgrind.
     Callgrind(CallgrindArgs),
+    /// Spend control on vs off: saturation ratio, p50 at 4 connections,
+    /// database transactions for admission per second.
+    Limits(LimitsArgs),
     /// Everything above, then one table.
     All(AllArgs),
 }
@@ -178,6 +181,21 @@ struct CallgrindArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+struct LimitsArgs {
+    /// Seconds of wrk per route and round.
+    #[arg(long, default_value_t = 8)]
+    seconds: u64,
+    /// Rounds, unlimited and limited alternating.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// wrk connections at saturation.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Debug, Clone, Args)]
 struct AllArgs {
     /// Streams held open (the target is 10,000).
     #[arg(long, default_value_t = 10_000)]
@@ -251,6 +269,7 @@ async fn run(cli: Cli) -> Result<()> {
         BenchCommand::Streams(args) => streams(args).await?,
         BenchCommand::Ledger(args) => ledger(args).await?,
         BenchCommand::Callgrind(args) => callgrind(args).await?,
+        BenchCommand::Limits(args) => limits(args).await?,
         BenchCommand::All(args) => all(args).await?,
     };
     println!("\n{}", stack::summary_table(&rows));
@@ -308,6 +327,18 @@ async fn callgrind(args: CallgrindArgs) -> Result<Vec<stack::SummaryRow>> {
     .await
 }
 
+async fn limits(args: LimitsArgs) -> Result<Vec<stack::SummaryRow>> {
+    let smoke = args.common.smoke;
+    scenarios::limits(scenarios::LimitsOptions {
+        seconds: if smoke { 1 } else { args.seconds },
+        rounds: if smoke { 1 } else { args.rounds },
+        connections: args.connections,
+        smoke,
+        write_md: args.common.write_md,
+    })
+    .await
+}
+
 /// Every scenario in turn (each with its own database and processes).
 async fn all(args: AllArgs) -> Result<Vec<stack::SummaryRow>> {
     let common = args.common.clone();
@@ -347,6 +378,15 @@ async fn all(args: AllArgs) -> Result<Vec<stack::SummaryRow>> {
             backlog_rate: 10_000,
             backlog_secs: 8,
             lock_secs: 4,
+            common: common.clone(),
+        })
+        .await?,
+    );
+    rows.extend(
+        limits(LimitsArgs {
+            seconds: 8,
+            rounds: 3,
+            connections: 64,
             common: common.clone(),
         })
         .await?,

@@ -81,13 +81,47 @@ impl Cell {
     }
 }
 
+/// This replica's slices by scope (looked up by `&str`, no allocation).
+#[derive(Default)]
+struct Cells {
+    keys: HashMap<String, Arc<Cell>>,
+    tenants: HashMap<String, Arc<Cell>>,
+}
+
+impl Cells {
+    fn of(&mut self, scope: Scope) -> &mut HashMap<String, Arc<Cell>> {
+        match scope {
+            Scope::Key => &mut self.keys,
+            Scope::Tenant => &mut self.tenants,
+        }
+    }
+
+    fn get(&self, scope: Scope, id: &str) -> Option<&Arc<Cell>> {
+        match scope {
+            Scope::Key => self.keys.get(id),
+            Scope::Tenant => self.tenants.get(id),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (Scope, &String, &Arc<Cell>)> {
+        let keys = self.keys.iter().map(|(id, c)| (Scope::Key, id, c));
+        let tenants = self.tenants.iter().map(|(id, c)| (Scope::Tenant, id, c));
+        keys.chain(tenants)
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Arc<Cell>) -> bool) {
+        self.keys.retain(|_, c| keep(c));
+        self.tenants.retain(|_, c| keep(c));
+    }
+}
+
 /// What one admitted request holds until its row is stored.
 struct Held {
     leases: Arc<Leases>,
     cells: Vec<Arc<Cell>>,
     need: Need,
-    tenant: String,
-    key_id: String,
+    tenant: Arc<str>,
+    key_id: Arc<str>,
     started_at: DateTime<Utc>,
     since: Instant,
     /// Its row was stored as `queued`: held until it settles.
@@ -100,8 +134,8 @@ struct Held {
 #[derive(Debug, Clone)]
 pub struct Request {
     pub request_id: String,
-    pub tenant: String,
-    pub key_id: String,
+    pub tenant: Arc<str>,
+    pub key_id: Arc<str>,
     pub started_at: DateTime<Utc>,
 }
 
@@ -145,11 +179,13 @@ pub struct Leases {
     /// This replica's name on its lease rows.
     holder: String,
     settings: LeaseSettings,
-    cells: Mutex<HashMap<(Scope, String), Arc<Cell>>>,
+    cells: Mutex<Cells>,
     queue: Mutex<VecDeque<Waiter>>,
     wake: Notify,
     overruns: Mutex<Vec<Overrun>>,
     last_failure: Mutex<Option<Instant>>,
+    /// The keeper has stopped (shutdown): nobody would answer a waiter.
+    stopped: AtomicBool,
 }
 
 impl Leases {
@@ -163,6 +199,7 @@ impl Leases {
             wake: Notify::new(),
             overruns: Mutex::default(),
             last_failure: Mutex::default(),
+            stopped: AtomicBool::new(false),
         })
     }
 
@@ -170,13 +207,13 @@ impl Leases {
         &self.holder
     }
 
-    fn cells(&self) -> MutexGuard<'_, HashMap<(Scope, String), Arc<Cell>>> {
+    fn cells(&self) -> MutexGuard<'_, Cells> {
         self.cells.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn cell(&self, scope: Scope, id: &str, settings: &Settings) -> Arc<Cell> {
         let mut cells = self.cells();
-        if let Some(cell) = cells.get(&(scope, id.to_owned())) {
+        if let Some(cell) = cells.get(scope, id) {
             return cell.clone();
         }
         let cell = Arc::new(Cell {
@@ -187,7 +224,7 @@ impl Leases {
                 Instant::now(),
             )),
         });
-        cells.insert((scope, id.to_owned()), cell.clone());
+        cells.of(scope).insert(id.to_owned(), cell.clone());
         cell
     }
 
@@ -203,7 +240,7 @@ impl Leases {
     /// keeper's next sync.
     pub async fn admit(
         self: &Arc<Self>,
-        scopes: &[(Scope, String, Settings)],
+        scopes: &[(Scope, &str, Arc<Settings>)],
         need: Need,
         request: Request,
     ) -> Result<Views, Refusal> {
@@ -216,7 +253,7 @@ impl Leases {
             Ok(views) => return Ok(views),
             Err((request, _)) => request,
         };
-        if self.down_recently() {
+        if self.down_recently() || self.stopped.load(Ordering::Acquire) {
             return Err(Refusal::Unavailable);
         }
         let (reply, answer) = oneshot::channel();
@@ -232,6 +269,18 @@ impl Leases {
                 not_before: Instant::now(),
             });
         self.wake.notify_one();
+        if self.stopped.load(Ordering::Acquire) {
+            // The keeper stopped while this was queued: answer it here.
+            let left: Vec<Waiter> = self
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .drain(..)
+                .collect();
+            for waiter in left {
+                let _ = waiter.reply.send(Err(Refusal::Unavailable));
+            }
+        }
         answer.await.unwrap_or(Err(Refusal::Unavailable))
     }
 
@@ -276,7 +325,7 @@ impl Leases {
     /// A scope's limits changed or were recalled (announced by any
     /// replica): keep no spare and sync it now.
     pub fn recalled(&self, scope: Scope, id: &str) {
-        let cell = self.cells().get(&(scope, id.to_owned())).cloned();
+        let cell = self.cells().get(scope, id).cloned();
         if let Some(cell) = cell {
             cell.lock().recall(Instant::now());
             self.wake.notify_one();
@@ -286,7 +335,7 @@ impl Leases {
     /// After a reconnect of the listener: anything may have changed.
     pub fn recall_all(&self) {
         let now = Instant::now();
-        for cell in self.cells().values() {
+        for (_, _, cell) in self.cells().iter() {
             cell.lock().recall(now);
         }
         self.wake.notify_one();
@@ -294,24 +343,24 @@ impl Leases {
 
     /// Settings changed in the database (seen by the cache reload): the
     /// slices use them from now on.
-    pub fn refresh_settings(&self, scopes: &HashMap<(Scope, String), Settings>) {
+    pub fn refresh_settings<'a>(&self, lookup: impl Fn(Scope, &str) -> Option<&'a Arc<Settings>>) {
         let now = Instant::now();
         let mut gone = Vec::new();
-        for (key, cell) in self.cells().iter() {
+        for (scope, id, cell) in self.cells().iter() {
             let mut slice = cell.lock();
-            match scopes.get(key) {
-                Some(settings) if settings != slice.settings() => {
-                    slice.replace_settings(settings.clone());
+            match lookup(scope, id) {
+                Some(settings) if **settings != *slice.settings() => {
+                    slice.replace_settings((**settings).clone());
                     slice.recall(now);
                 }
                 Some(_) => {}
-                None => gone.push(key.clone()),
+                None => gone.push((scope, id.clone())),
             }
         }
         if !gone.is_empty() {
             let mut cells = self.cells();
-            for key in gone {
-                cells.remove(&key);
+            for (scope, id) in gone {
+                cells.of(scope).remove(&id);
             }
         }
     }
@@ -347,6 +396,7 @@ impl Leases {
             }
         }
         // Whoever still waits is told now rather than left hanging.
+        self.stopped.store(true, Ordering::Release);
         for waiter in self.waiting(&mut deferred, Instant::now() + Duration::from_secs(3600)) {
             let _ = waiter.reply.send(Err(Refusal::Unavailable));
         }
@@ -508,11 +558,11 @@ impl Leases {
         let mut chosen: Vec<((Scope, String), Arc<Cell>)> = self
             .cells()
             .iter()
+            .map(|(scope, id, cell)| ((scope, id.clone()), cell.clone()))
             .filter(|(key, cell)| {
-                needs.contains_key(*key)
+                needs.contains_key(key)
                     || (periodic && cell.lock().due(now, self.settings.every, self.settings.ttl))
             })
-            .map(|(key, cell)| (key.clone(), cell.clone()))
             .collect();
         if chosen.is_empty() {
             return Some(HashMap::new());
@@ -549,7 +599,7 @@ impl Leases {
                         match &synced {
                             Synced::Granted(granted) => cell.lock().apply(granted, sent, ask),
                             Synced::Gone => {
-                                self.cells().remove(key);
+                                self.cells().of(key.0).remove(&key.1);
                             }
                         }
                         outcome.insert(key.clone(), synced);
@@ -627,7 +677,7 @@ impl Leases {
             }
         }
         let now = Instant::now();
-        self.cells().retain(|_, cell| !cell.lock().forgettable(now));
+        self.cells().retain(|cell| !cell.lock().forgettable(now));
     }
 
     /// Hands back every slice with nothing open (shutdown, after the ledger
@@ -727,8 +777,8 @@ fn release_row(request_id: &str, h: Held, cost: Option<Decimal>, tokens: i64) {
     let leases = h.leases.clone();
     let overrun = over.then(|| Overrun {
         request_id: request_id.to_owned(),
-        tenant: h.tenant.clone(),
-        key_id: h.key_id.clone(),
+        tenant: h.tenant.to_string(),
+        key_id: h.key_id.to_string(),
         estimate: h.need.cost,
         actual: cost.unwrap_or_default(),
         started_at: h.started_at,

@@ -57,20 +57,30 @@ const MIN_RELOAD: Duration = Duration::from_millis(50);
 
 struct Snapshot {
     loaded: Option<Instant>,
-    scopes: HashMap<(Scope, String), Settings>,
+    keys: HashMap<String, Arc<Settings>>,
+    tenants: HashMap<String, Arc<Settings>>,
 }
 
 impl Snapshot {
+    fn empty() -> Self {
+        Self {
+            loaded: None,
+            keys: HashMap::new(),
+            tenants: HashMap::new(),
+        }
+    }
+
     /// The limited scopes a request of `key` in `tenant` must pass, key
     /// first (the order every lock here is taken in).
-    fn applying(&self, tenant: &str, key: &str) -> Vec<(Scope, String, Settings)> {
-        [(Scope::Key, key), (Scope::Tenant, tenant)]
-            .into_iter()
-            .filter_map(|(scope, id)| {
-                let settings = self.scopes.get(&(scope, id.to_owned()))?;
-                Some((scope, id.to_owned(), settings.clone()))
-            })
-            .collect()
+    fn applying<'a>(&self, tenant: &'a str, key: &'a str) -> Vec<(Scope, &'a str, Arc<Settings>)> {
+        let mut scopes = Vec::new();
+        if let Some(settings) = self.keys.get(key) {
+            scopes.push((Scope::Key, key, settings.clone()));
+        }
+        if let Some(settings) = self.tenants.get(tenant) {
+            scopes.push((Scope::Tenant, tenant, settings.clone()));
+        }
+        scopes
     }
 }
 
@@ -84,10 +94,7 @@ pub struct Limits {
 impl Limits {
     pub fn new(settings: LeaseSettings) -> Self {
         Self {
-            snapshot: ArcSwap::from_pointee(Snapshot {
-                loaded: None,
-                scopes: HashMap::new(),
-            }),
+            snapshot: ArcSwap::from_pointee(Snapshot::empty()),
             reloading: tokio::sync::Mutex::new(()),
             leases: Leases::new(settings),
         }
@@ -120,25 +127,27 @@ impl Limits {
             }
             Err(err) => return Err(err),
         };
-        let scopes: HashMap<_, _> = rows
-            .into_iter()
-            .map(|row| ((row.scope, row.id), row.settings))
-            .collect();
-        self.leases.refresh_settings(&scopes);
-        let snap = Arc::new(Snapshot {
-            loaded: Some(Instant::now()),
-            scopes,
+        let mut snap = Snapshot::empty();
+        for row in rows {
+            let map = match row.scope {
+                Scope::Key => &mut snap.keys,
+                Scope::Tenant => &mut snap.tenants,
+            };
+            map.insert(row.id, Arc::new(row.settings));
+        }
+        self.leases.refresh_settings(|scope, id| match scope {
+            Scope::Key => snap.keys.get(id),
+            Scope::Tenant => snap.tenants.get(id),
         });
+        snap.loaded = Some(Instant::now());
+        let snap = Arc::new(snap);
         self.snapshot.store(snap.clone());
         Ok(snap)
     }
 
     /// Forgets the cached settings (after a change made on this replica).
     pub fn invalidate(&self) {
-        self.snapshot.store(Arc::new(Snapshot {
-            loaded: None,
-            scopes: HashMap::new(),
-        }));
+        self.snapshot.store(Arc::new(Snapshot::empty()));
     }
 
     /// This replica's name on its slices (`limit_leases.holder`).
@@ -284,9 +293,9 @@ impl Limits {
                 }
             }
             let request = keeper::Request {
-                request_id: ctx.request_id.to_string(),
-                tenant: tenant.to_owned(),
-                key_id: key.to_owned(),
+                request_id: ctx.request_id.clone(),
+                tenant: ctx.principal.tenant.clone(),
+                key_id: ctx.principal.key_id.clone(),
                 started_at: ctx.started_at,
             };
             let need = slice::Need {
