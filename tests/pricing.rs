@@ -716,7 +716,7 @@ async fn the_listener_reloads_everything_after_a_reconnect(pool: PgPool) {
         loop {
             let pid: Option<i32> = sqlx::query_scalar(
                 "SELECT pid FROM pg_stat_activity
-                 WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+                 WHERE datname = current_database() AND query ILIKE 'LISTEN%tollgate_prices%'",
             )
             .fetch_optional(&pool)
             .await

@@ -55,8 +55,13 @@ const RELOAD_EVERY: Duration = Duration::from_secs(1);
 /// Reloads closer together than this are one reload.
 const MIN_RELOAD: Duration = Duration::from_millis(50);
 
+#[derive(Clone)]
 struct Snapshot {
+    /// When these settings were read (never: nothing is known yet).
     loaded: Option<Instant>,
+    /// A change made or announced since: read again before the next
+    /// admission (these stay in force if the database cannot be read).
+    invalidated: bool,
     keys: HashMap<String, Arc<Settings>>,
     tenants: HashMap<String, Arc<Settings>>,
 }
@@ -65,6 +70,7 @@ impl Snapshot {
     fn empty() -> Self {
         Self {
             loaded: None,
+            invalidated: false,
             keys: HashMap::new(),
             tenants: HashMap::new(),
         }
@@ -107,7 +113,7 @@ impl Limits {
     /// outage, when the last known settings stay in force.
     async fn current(&self, pool: &PgPool) -> Result<Arc<Snapshot>, sqlx::Error> {
         let snap = self.snapshot.load_full();
-        if snap.loaded.is_some() {
+        if snap.loaded.is_some() && !snap.invalidated {
             return Ok(snap);
         }
         self.reload(pool).await
@@ -116,14 +122,21 @@ impl Limits {
     async fn reload(&self, pool: &PgPool) -> Result<Arc<Snapshot>, sqlx::Error> {
         let _one = self.reloading.lock().await;
         let snap = self.snapshot.load_full();
-        if snap.loaded.is_some_and(|at| at.elapsed() < MIN_RELOAD) {
+        if !snap.invalidated && snap.loaded.is_some_and(|at| at.elapsed() < MIN_RELOAD) {
             return Ok(snap);
         }
         let rows = match store::list(pool).await {
             Ok(rows) => rows,
             Err(err) if snap.loaded.is_some() => {
+                // Through an outage the last known settings stay in force,
+                // retried by the reloader, not by every request.
                 tracing::warn!(error = %err, "limits unreadable; keeping the last known settings");
-                return Ok(snap);
+                let kept = Arc::new(Snapshot {
+                    invalidated: false,
+                    ..(*snap).clone()
+                });
+                self.snapshot.store(kept.clone());
+                return Ok(kept);
             }
             Err(err) => return Err(err),
         };
@@ -145,9 +158,14 @@ impl Limits {
         Ok(snap)
     }
 
-    /// Forgets the cached settings (after a change made on this replica).
+    /// Reads the settings again before the next admission (after a change
+    /// made on this replica or announced by another).
     pub fn invalidate(&self) {
-        self.snapshot.store(Arc::new(Snapshot::empty()));
+        let snap = self.snapshot.load_full();
+        self.snapshot.store(Arc::new(Snapshot {
+            invalidated: true,
+            ..(*snap).clone()
+        }));
     }
 
     /// This replica's name on its slices (`limit_leases.holder`).
