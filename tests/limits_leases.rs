@@ -77,7 +77,10 @@ async fn a_hard_budget_holds_against_context_carried_by_previous_response_id(poo
     assert_eq!(first.status(), 200);
     let first: Value = first.json().await.unwrap();
     let previous = first["id"].as_str().unwrap().to_owned();
+    // Its row stored and its hold released (for the few milliseconds in
+    // between, its estimate and its cost both count: that can only refuse).
     gw.rows(1).await;
+    common::limits_settled(&pool).await;
 
     let continuation = json!({"model": "gpt-5.5", "input": "go on", "max_output_tokens": 16,
         "previous_response_id": previous, "metadata": {"mock_usage": "200020,0,10,0"}});
@@ -113,6 +116,12 @@ async fn a_hard_budget_holds_against_context_carried_by_previous_response_id(poo
     assert_eq!(dec(status["budget"]["spent"].as_str().unwrap()), spent);
     assert_eq!(status["budget"]["overrun"], "0");
     gw.shutdown().await;
+    // At shutdown the replica hands its idle slices back.
+    let leases: i64 = sqlx::query_scalar("SELECT count(*) FROM limit_leases")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(leases, 0, "slices handed back at shutdown");
 }
 
 /// A request a hard budget cannot bound is refused, naming what is

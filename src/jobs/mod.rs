@@ -203,7 +203,14 @@ pub async fn run_once<J: Job>(ctx: &JobContext, job: &mut J) -> Result<Round, Jo
     let result = job.step(ctx).await;
     let recorded = record(&ctx.pool, &name, &result).await;
     claim.release().await;
-    crate::telemetry::metrics::record_job_step(&name, result.as_ref().ok());
+    let lag = result
+        .as_ref()
+        .ok()
+        .map(|p| crate::telemetry::metrics::JobLag {
+            rows: p.lag_rows,
+            seconds: p.lag_seconds,
+        });
+    crate::telemetry::metrics::record_job_step(&name, lag);
     if let Err(err) = recorded {
         tracing::warn!(job = %name, error = %err, "job status not recorded");
     }

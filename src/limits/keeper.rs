@@ -32,8 +32,8 @@ use sqlx::PgPool;
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::slice::{Need, Short, Slice, Synced, Waiting};
-use super::store::{self, BucketView, Overrun, Scope, Settings, SyncError};
+use super::slice::{Need, Short, Slice, Waiting};
+use super::store::{self, BucketView, Overrun, Scope, Settings, SyncError, Synced};
 
 /// Why a request was not admitted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -618,7 +618,7 @@ impl Leases {
         &self,
         err: &SyncError,
         part: &[((Scope, String), Arc<Cell>)],
-        asks: &[super::slice::Ask],
+        asks: &[store::Ask],
         overruns: Vec<Overrun>,
     ) {
         tracing::warn!(error = %err, scopes = part.len(), "limit slices not synced; serving from what they hold");

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use rust_decimal::Decimal;
 
 use super::budget::Mode;
-use super::store::{BucketView, Scope, Settings};
+use super::store::{Ask, BucketView, Granted, Scope, Settings};
 
 /// What one request takes from each of its scopes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,67 +115,6 @@ pub struct Slice {
     /// What the last sync reported as committed and open: a change is
     /// reported at the next tick (the status's `reserved` stays fresh).
     reported: (Decimal, i64),
-}
-
-/// What one sync asks of the database for one scope (absolute where the
-/// database must believe the replica, deltas where tokens move).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Ask {
-    pub scope: Scope,
-    pub id: String,
-    /// The budget slice after what this sync hands back (≥ `committed`).
-    pub budget_held: Decimal,
-    pub committed: Decimal,
-    pub budget_back: Decimal,
-    pub budget_want: Decimal,
-    pub budget_need: Decimal,
-    pub slots_held: i64,
-    pub slots_back: i64,
-    pub open: i64,
-    pub slots_want: i64,
-    pub slots_need: i64,
-    /// Rate tokens handed back to the buckets, and wanted from them.
-    pub requests_back: Decimal,
-    pub requests_want: Decimal,
-    pub requests_need: Decimal,
-    pub tokens_back: Decimal,
-    pub tokens_want: Decimal,
-    pub tokens_need: Decimal,
-    /// The largest single request among those waiting (tokens).
-    pub tokens_largest: Decimal,
-    /// What the slice keeps of rate tokens after handing back (reported).
-    pub requests_kept: Decimal,
-    pub tokens_kept: Decimal,
-    /// Give the whole slice up (idle, or shutting down): the lease row goes.
-    pub release: bool,
-}
-
-/// The database's answer for one scope.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Granted {
-    pub settings: Settings,
-    pub budget: Decimal,
-    pub slots: i64,
-    pub requests: Decimal,
-    pub tokens: Decimal,
-    /// The buckets' levels after this sync (what other replicas may still take).
-    pub rpm_level: Decimal,
-    pub tpm_level: Decimal,
-    /// The scope was found short lately: keep no spare for a while.
-    pub recall: bool,
-    /// This sync found it short while other replicas hold spare: they are
-    /// being asked to hand it back, so a retry shortly may succeed.
-    pub others_spare: bool,
-    /// How long the lease holds from when the sync was sent.
-    pub ttl: Duration,
-}
-
-/// How the sync of one scope ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Synced {
-    Granted(Box<Granted>),
-    /// The scope has no limits any more.
-    Gone,
 }
 
 /// How long a replica keeps no spare after a recall.

@@ -11,6 +11,8 @@
 //! overruns in one statement each. Slices of the same scope therefore move
 //! one transaction after another on any replica, each seeing the others'.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
@@ -18,7 +20,6 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use super::budget::{Mode, Period};
 use super::rate::Bucket;
 use super::share;
-use super::slice::{self, Synced};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scope {
@@ -329,6 +330,67 @@ pub async fn db_now(conn: &mut PgConnection) -> Result<DateTime<Utc>, sqlx::Erro
         .await
 }
 
+/// What one sync asks of the database for one scope (absolute where the
+/// database must believe the replica, deltas where tokens move).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ask {
+    pub scope: Scope,
+    pub id: String,
+    /// The budget slice after what this sync hands back (≥ `committed`).
+    pub budget_held: Decimal,
+    pub committed: Decimal,
+    pub budget_back: Decimal,
+    pub budget_want: Decimal,
+    pub budget_need: Decimal,
+    pub slots_held: i64,
+    pub slots_back: i64,
+    pub open: i64,
+    pub slots_want: i64,
+    pub slots_need: i64,
+    /// Rate tokens handed back to the buckets, and wanted from them.
+    pub requests_back: Decimal,
+    pub requests_want: Decimal,
+    pub requests_need: Decimal,
+    pub tokens_back: Decimal,
+    pub tokens_want: Decimal,
+    pub tokens_need: Decimal,
+    /// The largest single request among those waiting (tokens).
+    pub tokens_largest: Decimal,
+    /// What the slice keeps of rate tokens after handing back (reported).
+    pub requests_kept: Decimal,
+    pub tokens_kept: Decimal,
+    /// Give the whole slice up (idle, or shutting down): the lease row goes.
+    pub release: bool,
+}
+
+/// The database's answer for one scope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Granted {
+    pub settings: Settings,
+    pub budget: Decimal,
+    pub slots: i64,
+    pub requests: Decimal,
+    pub tokens: Decimal,
+    /// The buckets' levels after this sync (what other replicas may still take).
+    pub rpm_level: Decimal,
+    pub tpm_level: Decimal,
+    /// The scope was found short lately: keep no spare for a while.
+    pub recall: bool,
+    /// This sync found it short while other replicas hold spare: they are
+    /// being asked to hand it back, so a retry shortly may succeed.
+    pub others_spare: bool,
+    /// How long the lease holds from when the sync was sent.
+    pub ttl: Duration,
+}
+
+/// How the sync of one scope ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Synced {
+    Granted(Box<Granted>),
+    /// The scope has no limits any more.
+    Gone,
+}
+
 /// One bucket's state after admission, for the `x-ratelimit-*` headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BucketView {
@@ -376,7 +438,7 @@ const RECALL_FOR_SECS: f64 = 5.0;
 pub async fn sync(
     pool: &PgPool,
     holder: &str,
-    asks: &[slice::Ask],
+    asks: &[Ask],
     overruns: &[Overrun],
     ttl: std::time::Duration,
 ) -> Result<Vec<Synced>, SyncError> {
@@ -410,7 +472,7 @@ struct Held {
 async fn sync_in(
     tx: &mut Transaction<'_, Postgres>,
     holder: &str,
-    asks: &[slice::Ask],
+    asks: &[Ask],
     overruns: &[Overrun],
     ttl: std::time::Duration,
 ) -> Result<Vec<Synced>, sqlx::Error> {
@@ -542,7 +604,7 @@ async fn spent(
 /// One scope's outcome: the grant, and the bucket levels and recall mark to
 /// save.
 struct Decided {
-    granted: slice::Granted,
+    granted: Granted,
     rpm_level: Decimal,
     tpm_level: Decimal,
     recall: bool,
@@ -559,7 +621,7 @@ struct RateAsk {
 
 /// The grants of one scope for one ask (pure apart from its inputs).
 fn decide(
-    ask: &slice::Ask,
+    ask: &Ask,
     row: &LimitRow,
     recall_at: Option<DateTime<Utc>>,
     spent: Decimal,
@@ -625,7 +687,7 @@ fn decide(
     let recalled_lately =
         recall_at.is_some_and(|at| (now - at).num_milliseconds() as f64 / 1000.0 < RECALL_FOR_SECS);
     Decided {
-        granted: slice::Granted {
+        granted: Granted {
             settings: s.clone(),
             budget,
             slots,
@@ -661,7 +723,7 @@ struct Plan {
 }
 
 impl Plan {
-    fn push(&mut self, ask: &slice::Ask, row: &LimitRow, d: &Decided, now: DateTime<Utc>) {
+    fn push(&mut self, ask: &Ask, row: &LimitRow, d: &Decided, now: DateTime<Utc>) {
         self.kinds.push(row.scope.as_str().to_owned());
         self.ids.push(row.id.clone());
         self.budget.push(d.granted.budget);

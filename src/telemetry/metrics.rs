@@ -256,20 +256,27 @@ pub fn record_alert_delivery(delivered: bool) {
     metrics::counter!(name).increment(1);
 }
 
-/// One background job step (`progress` is `None` when it failed).
-pub fn record_job_step(job: &str, progress: Option<&crate::jobs::Progress>) {
-    let outcome = if progress.is_some() { "ok" } else { "error" };
+/// What a successful job step reported waiting.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JobLag {
+    pub rows: Option<i64>,
+    pub seconds: Option<f64>,
+}
+
+/// One background job step (`lag` is `None` when it failed).
+pub fn record_job_step(job: &str, lag: Option<JobLag>) {
+    let outcome = if lag.is_some() { "ok" } else { "error" };
     metrics::counter!(JOB_STEPS, "job" => job.to_owned(), "outcome" => outcome).increment(1);
-    let Some(progress) = progress else { return };
+    let Some(progress) = lag else { return };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
     metrics::gauge!(JOB_LAST_SUCCESS, "job" => job.to_owned()).set(now);
-    if let Some(rows) = progress.lag_rows {
+    if let Some(rows) = progress.rows {
         metrics::gauge!(JOB_LAG_ROWS, "job" => job.to_owned()).set(rows as f64);
     }
-    if let Some(seconds) = progress.lag_seconds {
+    if let Some(seconds) = progress.seconds {
         metrics::gauge!(JOB_LAG_SECONDS, "job" => job.to_owned()).set(seconds);
     }
 }
