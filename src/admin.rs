@@ -188,6 +188,27 @@ pub async fn list_keys(
     Ok(Json(serde_json::json!({"object": "list", "data": keys})).into_response())
 }
 
+/// The calling tenant's keys (ids and names, never secrets; revoked ones
+/// too, since old records name them). Sealed: another tenant's keys never
+/// appear.
+#[utoipa::path(get, path = "/v1/keys", tag = "usage", operation_id = "list_tenant_keys", security(("key" = [])),
+    responses(
+        (status = 200, description = "The tenant's keys.", body = crate::schema::KeyList),
+        (status = 401, description = "Missing or unknown key.", body = crate::error::Envelope),
+        (status = 503, description = "The database is unavailable.", body = crate::error::Envelope),
+    ))]
+pub async fn tenant_keys(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let principal = state
+        .auth
+        .authenticate(crate::proxy::authorization(&headers))
+        .await?;
+    let keys = auth::list_keys(&state.pool, Some(&principal.tenant)).await?;
+    Ok(Json(serde_json::json!({"object": "list", "data": keys})).into_response())
+}
+
 /// Revokes a key at once.
 #[utoipa::path(delete, path = "/admin/keys/{id}", tag = "admin", security(("admin" = [])),
     params(("id" = String, Path, description = "Key id.")),

@@ -61,6 +61,35 @@ pub enum Command {
         #[command(subcommand)]
         command: LimitsCommand,
     },
+    /// The provider's usage and cost against the ledger (CONTRACT §12).
+    Reconcile {
+        #[command(subcommand)]
+        command: ReconcileCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReconcileCommand {
+    /// Fetch the provider's usage and cost for these UTC days (inclusive).
+    Fetch {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+    },
+    /// Print the comparison for these UTC days (inclusive), as the endpoint.
+    Show {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        /// model, upstream_key, project_id, service_tier (comma-separated).
+        #[arg(long, default_value = "model")]
+        group_by: String,
+        /// Print the endpoint's JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The scope a limits command acts on: exactly one of tenant or key.
@@ -198,6 +227,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Keys { command } => keys(&pool, command).await,
                 Command::Prices { command } => prices(&pool, command).await,
                 Command::Limits { command } => limits_command(&pool, &config, command).await,
+                Command::Reconcile { command } => reconcile_command(pool, config, command).await,
                 Command::MockUpstream { .. } | Command::Demo { .. } => Ok(()),
             }
         }
@@ -326,6 +356,72 @@ async fn limits_command(
         }
     };
     println!("{}", serde_json::to_string_pretty(&printed)?);
+    Ok(())
+}
+
+/// How long `reconcile fetch` waits for a gateway replica's fetch to end.
+const RECONCILE_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+async fn reconcile_command(
+    pool: sqlx::PgPool,
+    config: Config,
+    command: ReconcileCommand,
+) -> anyhow::Result<()> {
+    use crate::reconcile::{api::parse_day, report};
+    let days = |from: &str, to: &str| -> anyhow::Result<_> {
+        let from = parse_day("--from", from).map_err(anyhow::Error::msg)?;
+        let to = parse_day("--to", to).map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(from <= to, "--from is after --to");
+        anyhow::ensure!(
+            (to - from).num_days() < crate::reconcile::api::MAX_DAYS,
+            "at most {} days at once",
+            crate::reconcile::api::MAX_DAYS
+        );
+        Ok((from, to))
+    };
+    match command {
+        ReconcileCommand::Fetch { from, to } => {
+            anyhow::ensure!(
+                config.reconcile.enabled(),
+                "reconciliation is off: set TOLLGATE_OPENAI_ADMIN_KEY (or [reconcile] admin_key)"
+            );
+            let range = days(&from, &to)?;
+            let config = std::sync::Arc::new(config);
+            let mut job = crate::reconcile::FetchJob::new(config, None, Some(range))?;
+            let ctx = crate::jobs::JobContext {
+                pool,
+                stop: tokio_util::sync::CancellationToken::new(),
+            };
+            let f = crate::reconcile::fetch_now(&ctx, &mut job, RECONCILE_WAIT).await?;
+            println!(
+                "fetched {} days in {:.1} s: {} requests, {} pages; provider rows changed: {} usage, {} cost",
+                f.days,
+                f.millis as f64 / 1000.0,
+                f.requests,
+                f.pages,
+                f.usage_rows_changed,
+                f.cost_rows_changed
+            );
+        }
+        ReconcileCommand::Show {
+            from,
+            to,
+            group_by,
+            json,
+        } => {
+            let (from, to) = days(&from, &to)?;
+            let groups: Vec<&str> = group_by.split(',').filter(|g| !g.is_empty()).collect();
+            let grouping = report::GroupBy::parse_all(&groups)
+                .map_err(|e| anyhow::anyhow!("--group-by: {e}"))?;
+            let query = report::Query { from, to, grouping };
+            let report = crate::reconcile::report(&pool, &config, &query).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report::table(&report));
+            }
+        }
+    }
     Ok(())
 }
 

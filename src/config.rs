@@ -360,6 +360,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub database: DatabaseConfig,
     pub alerts: AlertsConfig,
+    /// `[reconcile]`: the provider's usage and cost (CONTRACT §12).
+    pub reconcile: crate::reconcile::config::ReconcileConfig,
 }
 
 /// `[limits]` (CONTRACT §8).
@@ -457,6 +459,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             database: DatabaseConfig::default(),
             alerts: AlertsConfig::default(),
+            reconcile: Default::default(),
         }
     }
 }
@@ -562,6 +565,7 @@ impl Config {
         }
         self.alerts.signing_secret =
             resolve_secret(&self.alerts.signing_secret, "alerts.signing_secret", env)?;
+        self.reconcile.apply_env(env)?;
         Ok(())
     }
 
@@ -728,7 +732,7 @@ impl Config {
         if a.sweep_secs == 0 {
             return Err(invalid("alerts.sweep_secs", "must be at least 1"));
         }
-        Ok(())
+        self.reconcile.validate(!a.signing_secret.is_empty())
     }
 
     /// Labels are what the audit trail shows, so they must be unambiguous;
@@ -806,7 +810,11 @@ impl Config {
     }
 }
 
-fn resolve_secret(secret: &Secret, field: &str, env: &dyn Env) -> Result<Secret, ConfigError> {
+pub(crate) fn resolve_secret(
+    secret: &Secret,
+    field: &str,
+    env: &dyn Env,
+) -> Result<Secret, ConfigError> {
     match secret.expose().strip_prefix("env:") {
         Some(name) => env
             .var(name)

@@ -25,6 +25,7 @@ pub mod usage;
 
 pub mod admin;
 pub mod jobs;
+pub mod reconcile;
 pub mod reports;
 
 pub mod cli;

@@ -158,3 +158,62 @@ pub struct ModelList {
     pub object: String,
     pub data: Vec<Model>,
 }
+
+/// `GET /admin/reconciliation`: ledger vs provider per UTC day and line.
+#[derive(ToSchema)]
+pub struct ReconciliationReport {
+    /// Always `list`.
+    pub object: String,
+    pub data: Vec<ReconciliationLine>,
+    /// Unix seconds of the last fetch from the provider; null if none.
+    pub fetched_at: Option<i64>,
+    /// The dimensions the lines are split by (the day always).
+    pub group_by: Vec<String>,
+    /// A day is pending until fetched this many hours after its end.
+    pub settle_hours: u64,
+    pub tolerance: ReconciliationTolerance,
+}
+
+/// The thresholds of `match`: tokens exact, cost within the larger of
+/// `cost` and `cost_ratio` × the provider's cost.
+#[derive(ToSchema)]
+pub struct ReconciliationTolerance {
+    pub tokens: i64,
+    pub cost: String,
+    pub cost_ratio: String,
+}
+
+/// One line; a dimension appears only when grouped by it.
+#[derive(ToSchema)]
+pub struct ReconciliationLine {
+    /// The UTC day, `YYYY-MM-DD`.
+    pub day: String,
+    pub model: Option<String>,
+    /// The upstream's name, or the provider's key id for a key that is not
+    /// one of Tollgate's.
+    pub upstream_key: Option<String>,
+    /// The provider's id of that key.
+    pub api_key_id: Option<String>,
+    pub project_id: Option<String>,
+    pub service_tier: Option<String>,
+    /// `match`, `drift`, `pending`, `provider_only` or `gateway_only`.
+    pub status: String,
+    pub ledger: ReconciliationFigures,
+    /// Null until the day was fetched.
+    pub provider: Option<ReconciliationFigures>,
+    /// ledger − provider; null while `provider` is.
+    pub difference: Option<ReconciliationFigures>,
+}
+
+/// Requests, tokens and cost (decimal string; null where the side has no
+/// cost at the line's grain).
+#[derive(ToSchema)]
+pub struct ReconciliationFigures {
+    pub requests: i64,
+    pub input_tokens: i64,
+    pub cached_tokens: i64,
+    pub output_tokens: i64,
+    pub cost: Option<String>,
+    /// Ledger only: rows without a cost.
+    pub unpriced_requests: Option<i64>,
+}

@@ -1,6 +1,7 @@
 //! Starts and stops a gateway: builds the [`AppState`], starts its
 //! background loops (ledger writer, price listener and reloader, background
-//! response settlement, budget alert detection and delivery), binds the listening socket and runs the shutdown
+//! response settlement, budget alert detection and delivery, the provider
+//! fetch), binds the listening socket and runs the shutdown
 //! sequence.
 //!
 //! Connections are accepted by our own loop ([`accept`]) and served one task
@@ -84,6 +85,7 @@ pub async fn build_state(
         &state.config.alerts,
         &state.shutdown,
     );
+    crate::reconcile::spawn(&state);
     spawn_price_listener(&state);
     Ok((state, Background { writer }))
 }

@@ -18,9 +18,9 @@
 //!
 //! openai-python 1.102.0 is driven by `tests/sdk_python.rs`. Python venvs
 //! are built under `target/` on first use (`common/python.rs`); the npm
-//! packages come from `npm ci` in `tests/clients`. Without `python3`, `node`
-//! or `tests/clients/node_modules` a test is skipped with a message, except
-//! under `CI` (set by `.ci/run`), where it fails.
+//! packages come from `npm ci` in `tests/clients`. `scripts/test` (the
+//! README's test command) installs all of it; a missing prerequisite fails
+//! the test, naming what is missing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -67,18 +67,11 @@ fn clients_dir() -> PathBuf {
     root().join("tests/clients")
 }
 
-/// True when the test can run; otherwise says why and skips, or under `CI`
-/// fails.
-fn runnable(test: &str, missing: Option<String>) -> bool {
-    let Some(reason) = missing else {
-        return true;
-    };
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI is set but {test} cannot run: {reason}"
-    );
-    eprintln!("SKIPPED {test}: {reason}");
-    false
+/// Fails the test when a prerequisite is missing (never a silent skip).
+fn require(test: &str, missing: Option<String>) {
+    if let Some(reason) = missing {
+        panic!("{test} cannot run: {reason} (scripts/test installs it)");
+    }
 }
 
 fn python_missing() -> Option<String> {
@@ -468,9 +461,7 @@ fn check_socket_error(event: &Value) {
 
 #[sqlx::test]
 async fn openai_python_3(pool: PgPool) {
-    if !runnable("openai_python_3", python_missing()) {
-        return;
-    }
+    require("openai_python_3", python_missing());
     let bin = tokio::task::spawn_blocking(|| python::venv("py-openai-3", OPENAI_PYTHON_PINS))
         .await
         .unwrap();
@@ -524,9 +515,7 @@ async fn openai_python_3(pool: PgPool) {
 
 #[sqlx::test]
 async fn openai_node(pool: PgPool) {
-    if !runnable("openai_node", node_missing("openai")) {
-        return;
-    }
+    require("openai_node", node_missing("openai"));
     let suite = Suite::start(pool).await;
     let script = clients_dir().join("openai_node.mjs");
     let script = script.to_str().unwrap();
@@ -568,9 +557,7 @@ async fn openai_node(pool: PgPool) {
 
 #[sqlx::test]
 async fn openai_agents_sdk(pool: PgPool) {
-    if !runnable("openai_agents_sdk", python_missing()) {
-        return;
-    }
+    require("openai_agents_sdk", python_missing());
     let bin = tokio::task::spawn_blocking(|| python::venv("py-agents", AGENTS_PINS))
         .await
         .unwrap();
@@ -737,12 +724,10 @@ async fn codex_cli(pool: PgPool) {
     } else {
         "@openai/codex"
     };
-    if !runnable(
+    require(
         "codex_cli",
         node_missing("@openai/codex").or_else(|| node_missing(native)),
-    ) {
-        return;
-    }
+    );
     let codex = clients_dir().join("node_modules/.bin/codex");
     let version = std::process::Command::new(&codex)
         .arg("--version")

@@ -13,7 +13,7 @@ const STATUSES = ["completed", "incomplete", "failed", "cancelled", "upstream_er
 const PALETTE = ["#2f5fd7", "#e07b39", "#2a9d8f", "#c8553d", "#7b5ea7", "#5b8e23",
   "#d4a017", "#3d7ea6", "#a63d73", "#6c757d"];
 
-const state = { token: null, admin: false, range: null, recordsCursor: null, charts: [] };
+const state = { token: null, admin: false, range: null, recordsCursor: null, charts: [], keyNames: new Map() };
 const $ = (id) => document.getElementById(id);
 
 // ---------------------------------------------------------------- the API
@@ -81,6 +81,7 @@ async function signIn(token) {
   $("session").hidden = false;
   $("role").textContent = state.admin ? "Admin · all tenants" : "Tenant key";
   $("tenants-card").hidden = !state.admin;
+  document.querySelector('[data-tab="reconcile"]').hidden = !state.admin;
   $("price-form-card").hidden = !state.admin;
   $("prices-note").hidden = state.admin;
   await guarded(refresh);
@@ -110,6 +111,22 @@ function setRange(range) {
   const totals = $("totals");
   totals.dataset.start = range.start;
   totals.dataset.end = range.end;
+}
+
+// ---------------------------------------------------------------- key names
+
+/** Names of the keys the credential may see: every key for an admin
+ * (`/admin/keys`), the tenant's own for a tenant key (`/v1/keys`). */
+async function loadKeyNames() {
+  const body = await api(state.admin ? "/admin/keys" : "/v1/keys");
+  state.keyNames = new Map(body.data.map((k) => [k.id, k.name]));
+}
+
+/** A key as people recognise it: its name next to its id. */
+function keyLabel(id) {
+  if (id === null || id === undefined) return id;
+  const name = state.keyNames.get(id);
+  return name ? `${name} · ${id}` : id;
 }
 
 // ---------------------------------------------------------------- overview
@@ -183,6 +200,7 @@ function table(el, columns, rows, { empty = "No data in this range.", onRow } = 
       const td = tr.insertCell();
       const value = c.value(row);
       td.textContent = value ?? "–";
+      td.dataset.label = c.title;
       if (c.num) td.className = "num";
       if (c.key) td.dataset.col = c.key;
     }
@@ -190,8 +208,8 @@ function table(el, columns, rows, { empty = "No data in this range.", onRow } = 
   }
 }
 
-const GROUP_COLUMNS = (title) => [
-  { title, key: "name", value: (g) => g.name },
+const GROUP_COLUMNS = (title, label = (name) => name) => [
+  { title, key: "name", value: (g) => label(g.name) },
   { title: "Requests", num: true, value: (g) => int(g.requests) },
   { title: "Input", num: true, value: (g) => int(g.input) },
   { title: "Output", num: true, value: (g) => int(g.output) },
@@ -246,19 +264,19 @@ async function renderOverview() {
   const keys = fold(byKey, (r) => r.api_key_id).sort(byCost);
   const statuses = fold(byStatus, (r) => r.status).sort((a, b) => b.requests - a.requests);
   table($("models-table"), GROUP_COLUMNS("Model"), models);
-  table($("keys-table"), GROUP_COLUMNS("Key").slice(0, 5), keys.slice(0, 10));
+  table($("keys-table"), GROUP_COLUMNS("Key", keyLabel).slice(0, 5), keys.slice(0, 10));
   table($("statuses-table"), GROUP_COLUMNS("Status").slice(0, 2).concat(
     GROUP_COLUMNS("").slice(4)), statuses);
   if (byTenant) table($("tenants-table"), GROUP_COLUMNS("Tenant"), fold(byTenant, (r) => r.tenant).sort(byCost));
   fillFilter($("filter-model"), models.map((g) => g.name));
-  fillFilter($("filter-key"), keys.map((g) => g.name));
+  fillFilter($("filter-key"), keys.map((g) => g.name), keyLabel);
   fillFilter($("filter-status"), STATUSES);
 }
 
-function fillFilter(select, values) {
+function fillFilter(select, values, label = (v) => v) {
   const current = select.value;
   select.replaceChildren(new Option("any", ""));
-  for (const v of values) if (v !== "(none)") select.add(new Option(v, v));
+  for (const v of values) if (v !== "(none)") select.add(new Option(label(v), v));
   select.value = values.includes(current) ? current : "";
 }
 
@@ -275,7 +293,7 @@ function recordFilters() {
 const RECORD_COLUMNS = () => [
   { title: "Started (UTC)", value: (r) => r.started_at.replace("T", " ").slice(0, 19) },
   ...(state.admin ? [{ title: "Tenant", key: "tenant", value: (r) => r.tenant }] : []),
-  { title: "Key", key: "api_key_id", value: (r) => r.api_key_id },
+  { title: "Key", key: "api_key_id", value: (r) => keyLabel(r.api_key_id) },
   { title: "Model", key: "model", value: (r) => r.model },
   { title: "Status", key: "status", value: (r) => r.status },
   { title: "HTTP", num: true, value: (r) => r.http_status },
@@ -370,6 +388,37 @@ async function savePrice(event) {
   }
 }
 
+// ---------------------------------------------------------------- provider vs ledger
+
+const diff = (line, field) => (line.difference ? line.difference[field] : null);
+const RECONCILE_COLUMNS = [
+  { title: "Day", key: "day", value: (l) => l.day },
+  { title: "Model", key: "model", value: (l) => l.model ?? "(none)" },
+  { title: "Status", key: "status", value: (l) => l.status.replace("_", " ") },
+  { title: "Requests", num: true, key: "requests", value: (l) => int(l.ledger.requests) },
+  { title: "Provider requests", num: true, key: "provider_requests", value: (l) => (l.provider ? int(l.provider.requests) : null) },
+  { title: "Δ requests", num: true, value: (l) => diff(l, "requests") },
+  { title: "Δ input", num: true, value: (l) => diff(l, "input_tokens") },
+  { title: "Δ cached", num: true, value: (l) => diff(l, "cached_tokens") },
+  { title: "Δ output", num: true, value: (l) => diff(l, "output_tokens") },
+  { title: "Cost (USD)", num: true, key: "cost", value: (l) => l.ledger.cost },
+  { title: "Provider cost", num: true, key: "provider_cost", value: (l) => l.provider?.cost ?? null },
+  { title: "Δ cost", num: true, key: "cost_diff", value: (l) => diff(l, "cost") },
+];
+
+/** `GET /admin/reconciliation` for the range, by day and model, as it answers. */
+async function loadReconciliation() {
+  if (!state.admin) return;
+  const { start, end } = state.range;
+  const body = await api(`/admin/reconciliation?${query({ start_time: start, end_time: end, group_by: "model" })}`);
+  const el = $("reconcile-table");
+  table(el, RECONCILE_COLUMNS, body.data, { empty: "Nothing to compare in this range." });
+  for (const [i, line] of body.data.entries()) el.tBodies[0].rows[i].dataset.status = line.status;
+  const fetched = body.fetched_at ? new Date(body.fetched_at * 1000).toISOString().replace(".000Z", "Z") : "never";
+  $("reconcile-note").textContent = `Provider last fetched: ${fetched}. A day is pending until fetched ${body.settle_hours} h after it ends; `
+    + `tokens must be equal, cost within ${body.tolerance.cost} USD or ${body.tolerance.cost_ratio} of the provider's.`;
+}
+
 // ---------------------------------------------------------------- limits
 
 async function loadLimits() {
@@ -399,13 +448,13 @@ function limitScopes(body) {
   };
   if (Array.isArray(body?.data)) {
     for (const item of body.data) {
-      const name = item.tenant ?? item.key_id ?? item.id ?? "";
+      const name = item.key_id ? keyLabel(item.key_id) : (item.tenant ?? item.id ?? "");
       push(`${item.scope ?? (item.key_id ? "key" : "tenant")} ${name}`.trim(), item.status ?? item.limits ?? item);
     }
     return scopes;
   }
   const limits = body?.limits ?? body;
-  push(`key ${body?.id ?? ""}`.trim(), limits?.key);
+  push(`key ${keyLabel(body?.id) ?? ""}`.trim(), limits?.key);
   push(`tenant ${body?.tenant ?? ""}`.trim(), limits?.tenant);
   return scopes;
 }
@@ -460,8 +509,9 @@ async function guarded(work) {
 }
 
 async function refresh() {
+  await loadKeyNames();
   await renderOverview();
-  await Promise.all([loadRecords(), loadPrices(), loadLimits()]);
+  await Promise.all([loadRecords(), loadPrices(), loadLimits(), loadReconciliation()]);
   document.body.dataset.ready = "true";
 }
 

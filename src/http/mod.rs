@@ -30,7 +30,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{admin, jobs, limits, proxy, reports};
+use crate::{admin, jobs, limits, proxy, reconcile, reports};
 
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.body_limit_bytes;
@@ -63,6 +63,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             )
             .route(&format!("{prefix}/models"), get(proxy::list_models))
             .route(&format!("{prefix}/key"), get(limits::api::key_status))
+            .route(&format!("{prefix}/keys"), get(admin::tenant_keys))
             .merge(proxy::conversations::routes(prefix))
             .route(&format!("{prefix}/usage"), get(reports::tenant_usage))
             .route(
@@ -86,6 +87,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/limits", get(limits::api::list))
         .route("/admin/alerts", get(limits::alerts::api::list))
         .route("/admin/jobs", get(jobs::api::list))
+        .route("/admin/reconciliation", get(reconcile::api::reconciliation))
         .route(
             "/admin/limits/tenants/{tenant}",
             put(limits::api::put_tenant)

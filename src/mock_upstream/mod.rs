@@ -99,6 +99,7 @@
 //! compaction usage defaults to the input formula with `output_tokens = 32`.
 
 mod conversations;
+pub mod org;
 mod render;
 mod script;
 mod store;
@@ -164,6 +165,8 @@ struct Shared {
     requests: Mutex<Vec<RecordedRequest>>,
     store: Store,
     conversations: conversations::Conversations,
+    /// What was served, for the organization Usage and Costs APIs.
+    org: org::Organization,
     fail_counters: Mutex<HashMap<String, u32>>,
     /// Per-process random seed and counter behind request ids and the random
     /// part of response ids (a counter through a bijective mixer is unique and
@@ -229,6 +232,7 @@ impl MockUpstream {
                 requests: Mutex::new(Vec::new()),
                 store: Store::new(),
                 conversations: conversations::Conversations::default(),
+                org: org::Organization::default(),
                 fail_counters: Mutex::new(HashMap::new()),
                 seed,
                 counter: AtomicU64::new(0),
@@ -254,6 +258,19 @@ impl MockUpstream {
                     get(input_items),
                 );
             r = conversations::routes(r, p);
+        }
+        for p in ["", "/v1"] {
+            r = r
+                .route(
+                    &format!("{p}/organization/usage/completions"),
+                    get(org::usage_completions),
+                )
+                .route(&format!("{p}/organization/costs"), get(org::costs))
+                .route(&format!("{p}/organization/projects"), get(org::projects))
+                .route(
+                    &format!("{p}/organization/projects/{{project_id}}/api_keys"),
+                    get(org::project_keys),
+                );
         }
         r.route("/__mock/requests", get(mock_requests))
             .route(
@@ -285,6 +302,12 @@ impl MockUpstream {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The simulated organization: what was served, its Usage and Costs
+    /// APIs, and the injections tests and the demo make.
+    pub fn org(&self) -> &org::Organization {
+        &self.inner.org
     }
 
     /// Number of API requests received (counted even without recording;
@@ -636,6 +659,15 @@ fn script_of(m: &MockUpstream, meta: Option<&Map<String, Value>>) -> Result<Scri
     })
 }
 
+/// The model as the backend names what served it.
+fn dated(model: &str) -> String {
+    if has_date_suffix(model) {
+        model.to_owned()
+    } else {
+        format!("{model}{DATE_SUFFIX}")
+    }
+}
+
 /// Whether `model` already ends in `-YYYY-MM-DD`.
 fn has_date_suffix(model: &str) -> bool {
     let b = model.as_bytes();
@@ -858,7 +890,14 @@ async fn create(
     m.check_previous(req.previous_response_id.as_deref())?;
     let stream = req.stream == Some(true);
     let store = req.store != Some(false);
+    let tier = script
+        .tier
+        .clone()
+        .unwrap_or_else(|| served_tier(req.service_tier.as_deref()).to_owned());
     let plan = Arc::new(build_plan(&m, req, &model, &script));
+    m.inner
+        .org
+        .record(&headers, &dated(&model), &tier, plan.usage);
     if store {
         m.inner.store.insert(Arc::clone(&plan));
     }
@@ -1157,6 +1196,21 @@ async fn compact(
     m.check_previous(req.previous_response_id.as_deref())?;
     let t = now();
     let hex = m.new_uuid(t.as_millis() as u64).simple().to_string();
+    let served = match script.usage {
+        UsageSpec::Exact(u) => Some(u),
+        UsageSpec::Null => None,
+        UsageSpec::Formula => Some(Usage {
+            input: default_input_tokens(req.input.as_ref()),
+            cached: 0,
+            output: 32,
+            reasoning: 0,
+        }),
+    };
+    if let Some(model) = req.model.as_deref() {
+        m.inner
+            .org
+            .record(&headers, &dated(model), "default", served);
+    }
     let usage = match script.usage {
         UsageSpec::Exact(u) => json!({
             "input_tokens": u.input, "input_tokens_details": {"cached_tokens": u.cached},

@@ -17,7 +17,7 @@
 pub mod csv;
 mod export;
 mod page;
-mod params;
+pub(crate) mod params;
 pub mod usage;
 
 use std::sync::Arc;

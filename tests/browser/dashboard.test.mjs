@@ -215,9 +215,50 @@ async function checkLimitsRendering(context) {
   assert.ok(text.includes(`${b.spent} spent + ${b.reserved} reserved of ${b.amount} USD per month (hard)`), text);
   assert.ok(text.includes(`Remaining ${b.remaining}`), text);
   assert.ok(text.includes("requests per minute: 600 of 600 left"), text);
+  assert.match(text, /key test · \S+/, "the key's limits are titled with its name");
   console.log(`ok limits panel shows the real status: ${b.spent} of ${b.amount} spent`);
   await shot(page, "limits-sample");
   await page.close();
+}
+
+/** Every table of every panel fits its card at phone width (no cell cut off,
+ * no sideways scrolling needed). */
+async function checkPhoneTables(page, panels) {
+  await page.setViewportSize({ width: 390, height: 844 });
+  for (const name of panels) {
+    await tab(page, name);
+    const bad = await page.evaluate((panel) => [...document.querySelectorAll(`[data-panel="${panel}"] table`)]
+      .filter((t) => t.offsetParent !== null)
+      .filter((t) => t.getBoundingClientRect().right > window.innerWidth + 1
+        || t.scrollWidth > t.parentElement.clientWidth + 1
+        || [...t.querySelectorAll("td")].some((td) => td.getBoundingClientRect().right > window.innerWidth + 1))
+      .map((t) => `${t.id} (${t.scrollWidth}px in ${t.parentElement.clientWidth}px)`), name);
+    assert.deepEqual(bad, [], `${name}: every table readable at 390 px`);
+  }
+  console.log(`ok phone width: every table of ${panels.join(", ")} fits 390 px`);
+  await page.setViewportSize({ width: 1280, height: 900 });
+}
+
+/** The "Provider vs ledger" view shows `GET /admin/reconciliation` line by line. */
+async function checkReconciliation(page, range) {
+  await tab(page, "reconcile");
+  const body = await api(adminToken, `/admin/reconciliation?${new URLSearchParams({ start_time: range.start, end_time: range.end, group_by: "model" })}`);
+  const statuses = body.data.map((l) => l.status);
+  assert.ok(statuses.includes("pending") && statuses.includes("provider_only"), `the test's lines: ${statuses}`);
+  const rows = await page.$$eval("#reconcile-table tbody tr", (trs) => trs.map((tr) => {
+    const cell = (col) => tr.querySelector(`td[data-col="${col}"]`)?.textContent;
+    return { status: tr.dataset.status, day: cell("day"), model: cell("model"), cost: cell("cost"),
+      provider_cost: cell("provider_cost"), cost_diff: cell("cost_diff") };
+  }));
+  assert.equal(rows.length, body.data.length, "one row per line of the API");
+  body.data.forEach((l, i) => {
+    assert.deepEqual(rows[i], {
+      status: l.status, day: l.day, model: l.model, cost: l.ledger.cost,
+      provider_cost: l.provider?.cost ?? "–", cost_diff: l.difference?.cost ?? "–",
+    }, `line ${i} equals the API`);
+  });
+  console.log(`ok provider vs ledger: ${rows.length} lines (${statuses.join(", ")}) as the API`);
+  await shot(page, "reconciliation");
 }
 
 async function checkAdmin(context) {
@@ -229,6 +270,8 @@ async function checkAdmin(context) {
   const range = await checkTotals(page, adminToken, "/admin/usage", info.expected.admin, "admin");
   const tenants = await page.textContent("#tenants-table");
   assert.ok(tenants.includes(info.tenant) && tenants.includes(info.other_tenant), "admin sees both tenants");
+  const keys = await page.textContent("#keys-table");
+  assert.ok(keys.includes(`globex-key · ${info.other_key_ids[0]}`), `top keys name their keys: ${keys}`);
   await shot(page, "overview");
   await checkRecordsAndCsv(page, adminToken, "/admin/usage/records", range, info.filter_model);
   await shot(page, "records");
@@ -254,6 +297,8 @@ async function checkAdmin(context) {
   await tab(page, "limits");
   await page.waitForFunction(() => document.getElementById("limits").textContent.length > 0);
   await shot(page, "limits");
+  await checkReconciliation(page, range);
+  await checkPhoneTables(page, ["overview", "records", "prices", "limits", "reconcile"]);
 
   await tab(page, "overview");
   await page.setViewportSize({ width: 390, height: 844 });
@@ -278,7 +323,14 @@ async function checkTenant(context) {
   await signIn(page, tenantKey);
   assert.match(await page.textContent("#role"), /Tenant/);
   const range = await checkTotals(page, tenantKey, "/v1/usage", info.expected.tenant, "tenant");
+  assert.ok(await page.locator('[data-tab="reconcile"]').isHidden(), "the provider view is admin-only");
+  const ownKeys = await api(tenantKey, "/v1/keys");
+  assert.ok(ownKeys.data.length > 0 && ownKeys.data.every((k) => k.tenant === info.tenant), "GET /v1/keys: the tenant's own keys");
+  const keysText = await page.textContent("#keys-table");
+  for (const k of ownKeys.data) assert.ok(keysText.includes(`${k.name} · ${k.id}`), `top keys show ${k.name} · ${k.id}: ${keysText}`);
   await checkRecordsAndCsv(page, tenantKey, "/v1/usage/records", range, info.filter_model);
+  const recordKeys = await page.$$eval('#records-table td[data-col="api_key_id"]', (tds) => tds.map((td) => td.textContent));
+  assert.ok(recordKeys.length > 0 && recordKeys.every((t) => / · /.test(t)), `records name their keys: ${recordKeys.slice(0, 3)}`);
   await checkPaging(page, tenantKey, "/v1/usage/records", range);
   await checkReloadAndRange(page, tenantKey, "/v1/usage");
   await tab(page, "limits");
@@ -289,6 +341,7 @@ async function checkTenant(context) {
     assert.ok(!text.includes(secret), `the tenant's page never shows '${secret}'`);
   }
   console.log("ok tenant isolation: no trace of the other tenant");
+  await checkPhoneTables(page, ["overview", "records", "prices", "limits"]);
   await page.close();
 }
 

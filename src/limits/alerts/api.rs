@@ -1,4 +1,5 @@
-//! `GET /admin/alerts` (admin token): budget alert events, newest first,
+//! `GET /admin/alerts` (admin token): budget alert and reconciliation
+//! drift events, newest first,
 //! with their delivery state. Reads only; the events themselves are made
 //! by [`super::detect`] and sent by [`super::deliver`].
 
@@ -19,26 +20,37 @@ use crate::state::AppState;
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1_000;
 
-/// One budget threshold crossing and its delivery.
+/// One budget threshold crossing or reconciliation drift, and its delivery.
+/// The budget fields are null on a drift event; `subject` and `data` are
+/// null on a budget event.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AlertEvent {
     /// The CloudEvents `id`: the same on every delivery attempt.
     pub id: String,
+    /// The CloudEvents `type`: `tollgate.budget.threshold_crossed` or
+    /// `tollgate.reconciliation.drift`.
+    #[serde(rename = "type")]
+    pub kind: String,
     /// `tenant` or `key`.
-    pub scope: String,
-    pub tenant: String,
+    pub scope: Option<String>,
+    pub tenant: Option<String>,
     /// Null for a tenant's alert.
     pub key_id: Option<String>,
     /// The fraction of the budget amount crossed (decimal string).
-    pub threshold: String,
+    pub threshold: Option<String>,
     /// The budget amount when the crossing was seen.
-    pub amount: String,
+    pub amount: Option<String>,
     /// The period's spend when the crossing was seen (≥ threshold × amount).
-    pub spent: String,
+    pub spent: Option<String>,
     /// `day`, `week`, `month` or `total`.
-    pub period: String,
+    pub period: Option<String>,
     /// The budget period's start (1970-01-01 for `total`).
-    pub period_start: DateTime<Utc>,
+    pub period_start: Option<DateTime<Utc>>,
+    /// A drift event's subject: `reconciliation/<day>/<line>`.
+    pub subject: Option<String>,
+    /// A drift event's line, as `GET /admin/reconciliation` showed it.
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<serde_json::Value>,
     pub created_at: DateTime<Utc>,
     /// Delivery attempts so far (including one under way).
     pub attempts: i32,
@@ -55,14 +67,17 @@ impl From<EventRow> for AlertEvent {
         Self {
             next_attempt_at: e.delivered_at.is_none().then_some(e.next_attempt_at),
             id: e.id,
+            kind: e.event_type,
             scope: e.scope_kind,
             tenant: e.tenant_id,
             key_id: e.api_key_id,
-            threshold: e.threshold.normalize().to_string(),
-            amount: e.amount.normalize().to_string(),
-            spent: e.spent.normalize().to_string(),
+            threshold: e.threshold.map(|d| d.normalize().to_string()),
+            amount: e.amount.map(|d| d.normalize().to_string()),
+            spent: e.spent.map(|d| d.normalize().to_string()),
             period: e.period,
             period_start: e.period_start,
+            subject: e.subject,
+            data: e.data,
             created_at: e.created_at,
             attempts: e.attempts,
             delivered_at: e.delivered_at,
@@ -124,7 +139,8 @@ fn filter(query: Option<&str>) -> Result<Filter, ApiError> {
     Ok(filter)
 }
 
-/// Budget alert events, newest first, with their delivery attempts.
+/// Budget alert and reconciliation drift events, newest first, with their
+/// delivery attempts.
 #[utoipa::path(get, path = "/admin/alerts", tag = "admin", operation_id = "list_alerts", security(("admin" = [])),
     params(
         ("limit" = Option<i64>, Query, description = "At most this many (1-1000, default 100).", minimum = 1, maximum = 1000),

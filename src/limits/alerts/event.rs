@@ -1,6 +1,9 @@
 //! The wire form of an alert: a CloudEvents 1.0 structured-mode JSON body
 //! built from the outbox row alone (so every retry sends the same bytes),
-//! and its `x-tollgate-signature`. Pure; no I/O.
+//! and its `x-tollgate-signature`. Budget crossings
+//! (`tollgate.budget.threshold_crossed`) and reconciliation drift
+//! (`tollgate.reconciliation.drift`, whose data is the drifting line as the
+//! report shows it). Pure; no I/O.
 
 use chrono::SecondsFormat;
 use hmac::{Hmac, Mac};
@@ -10,12 +13,13 @@ use sha2::Sha256;
 use super::outbox::EventRow;
 
 pub const EVENT_TYPE: &str = "tollgate.budget.threshold_crossed";
+pub const DRIFT_EVENT_TYPE: &str = "tollgate.reconciliation.drift";
 pub const SOURCE: &str = "tollgate";
 pub const CONTENT_TYPE: &str = "application/cloudevents+json";
 pub const SIGNATURE_HEADER: &str = "x-tollgate-signature";
 
 #[derive(Serialize)]
-struct CloudEvent<'a> {
+struct CloudEvent<'a, D> {
     specversion: &'static str,
     #[serde(rename = "type")]
     kind: &'static str,
@@ -23,9 +27,10 @@ struct CloudEvent<'a> {
     id: &'a str,
     time: String,
     datacontenttype: &'static str,
-    /// `tenants/<id>` or `keys/<id>`, as in the admin paths.
+    /// `tenants/<id>` or `keys/<id>`, as in the admin paths;
+    /// `reconciliation/<day>/<line>` for drift.
     subject: String,
-    data: Data<'a>,
+    data: D,
 }
 
 /// Decimals are exact strings, times RFC 3339 UTC.
@@ -43,31 +48,47 @@ struct Data<'a> {
 
 /// The body's bytes: the same for every attempt of one event.
 pub fn body(event: &EventRow) -> Vec<u8> {
-    let collection = if event.scope_kind == "key" {
-        "keys"
-    } else {
-        "tenants"
-    };
+    let time = event
+        .created_at
+        .to_rfc3339_opts(SecondsFormat::Micros, true);
+    if event.event_type == DRIFT_EVENT_TYPE {
+        let cloud = CloudEvent {
+            specversion: "1.0",
+            kind: DRIFT_EVENT_TYPE,
+            source: SOURCE,
+            id: &event.id,
+            time,
+            datacontenttype: "application/json",
+            subject: event.subject.clone().unwrap_or_default(),
+            data: event.data.as_ref(),
+        };
+        return serde_json::to_vec(&cloud).unwrap_or_default();
+    }
+    let scope = event.scope_kind.as_deref().unwrap_or_default();
+    let collection = if scope == "key" { "keys" } else { "tenants" };
+    let decimal = |d: Option<rust_decimal::Decimal>| d.unwrap_or_default().normalize().to_string();
     let cloud = CloudEvent {
         specversion: "1.0",
         kind: EVENT_TYPE,
         source: SOURCE,
         id: &event.id,
-        time: event
-            .created_at
-            .to_rfc3339_opts(SecondsFormat::Micros, true),
+        time,
         datacontenttype: "application/json",
-        subject: format!("{collection}/{}", event.scope_id),
+        subject: format!(
+            "{collection}/{}",
+            event.scope_id.as_deref().unwrap_or_default()
+        ),
         data: Data {
-            scope: &event.scope_kind,
-            tenant: &event.tenant_id,
+            scope,
+            tenant: event.tenant_id.as_deref().unwrap_or_default(),
             key_id: event.api_key_id.as_deref(),
-            threshold: event.threshold.normalize().to_string(),
-            amount: event.amount.normalize().to_string(),
-            spent: event.spent.normalize().to_string(),
-            period: &event.period,
+            threshold: decimal(event.threshold),
+            amount: decimal(event.amount),
+            spent: decimal(event.spent),
+            period: event.period.as_deref().unwrap_or_default(),
             period_start: event
                 .period_start
+                .unwrap_or_default()
                 .to_rfc3339_opts(SecondsFormat::Secs, true),
         },
     };
@@ -99,15 +120,18 @@ mod tests {
         let d = |s| rust_decimal::Decimal::from_str(s).unwrap();
         EventRow {
             id: "evt_1".into(),
-            scope_kind: "key".into(),
-            scope_id: "key_9".into(),
-            tenant_id: "acme".into(),
+            event_type: EVENT_TYPE.into(),
+            scope_kind: Some("key".into()),
+            scope_id: Some("key_9".into()),
+            tenant_id: Some("acme".into()),
             api_key_id: Some("key_9".into()),
-            period: "month".into(),
-            period_start: at("2026-05-01T00:00:00Z"),
-            threshold: d("0.800000"),
-            amount: d("50.0000000000000000"),
-            spent: d("40.0035000000000000"),
+            period: Some("month".into()),
+            period_start: Some(at("2026-05-01T00:00:00Z")),
+            threshold: Some(d("0.800000")),
+            amount: Some(d("50.0000000000000000")),
+            spent: Some(d("40.0035000000000000")),
+            subject: None,
+            data: None,
             created_at: at("2026-05-17T08:09:10.123456Z"),
             attempts: 3,
             next_attempt_at: at("2026-05-17T08:09:10Z"),
@@ -143,14 +167,41 @@ mod tests {
     #[test]
     fn a_tenant_event_has_no_key() {
         let event = EventRow {
-            scope_kind: "tenant".into(),
-            scope_id: "acme".into(),
+            scope_kind: Some("tenant".into()),
+            scope_id: Some("acme".into()),
             api_key_id: None,
             ..row()
         };
         let value: serde_json::Value = serde_json::from_slice(&body(&event)).unwrap();
         assert_eq!(value["subject"], "tenants/acme");
         assert!(value["data"]["key_id"].is_null());
+    }
+
+    #[test]
+    fn a_drift_event_carries_its_line_as_data() {
+        let line = serde_json::json!({"day": "2026-12-06", "model": "gpt-5.5", "status": "drift",
+            "difference": {"requests": -1, "cost": "-0.0035"}});
+        let event = EventRow {
+            event_type: DRIFT_EVENT_TYPE.into(),
+            scope_kind: None,
+            scope_id: None,
+            tenant_id: None,
+            api_key_id: None,
+            period: None,
+            period_start: None,
+            threshold: None,
+            amount: None,
+            spent: None,
+            subject: Some("reconciliation/2026-12-06/model=gpt-5.5".into()),
+            data: Some(line.clone()),
+            ..row()
+        };
+        let bytes = body(&event);
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(value["type"], DRIFT_EVENT_TYPE);
+        assert_eq!(value["subject"], "reconciliation/2026-12-06/model=gpt-5.5");
+        assert_eq!(value["data"], line);
+        assert_eq!(body(&event), bytes);
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! Budget threshold alerts (CONTRACT §8): when a period's spend of a scope
+//! Alerts through one signed outbox: reconciliation drift (CONTRACT §12,
+//! recorded by `crate::reconcile` with [`record_drift`]) and budget
+//! threshold alerts (CONTRACT §8): when a period's spend of a scope
 //! with alerts first reaches `threshold × amount`, one event is recorded in
 //! the `alert_events` outbox and delivered to the scope's webhook as a signed
 //! CloudEvent, retried until it is answered 2xx.
@@ -31,6 +33,9 @@ mod deliver;
 mod detect;
 mod event;
 mod outbox;
+
+pub use event::DRIFT_EVENT_TYPE;
+pub use outbox::{record_drift, retarget_drift};
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -126,6 +131,12 @@ impl Alerts {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend(scopes.iter().cloned());
+    }
+
+    /// New events were recorded outside the detector (reconciliation
+    /// drift): the delivery task looks at once.
+    pub fn wake_delivery(&self) {
+        self.deliver.notify_one();
     }
 
     fn take_pending(&self) -> Vec<(Scope, String)> {

@@ -3,7 +3,8 @@
 //! delivery (`FOR UPDATE SKIP LOCKED`, so replicas take different rows),
 //! record each attempt's outcome, and list events for `GET /admin/alerts`.
 //! Rows are never deleted or re-created here; an event's `id` is fixed when
-//! it is recorded.
+//! it is recorded. Reconciliation drift events ([`record_drift`]) share the
+//! table, keyed once per subject (a day and a line).
 
 use std::time::Duration;
 
@@ -64,19 +65,59 @@ fn new_id() -> String {
     format!("evt_{}", uuid::Uuid::now_v7().simple())
 }
 
+/// Records a reconciliation drift event for `subject` (a day and a line)
+/// unless one was ever recorded; whether it is new.
+pub async fn record_drift(
+    pool: &PgPool,
+    subject: &str,
+    data: &serde_json::Value,
+    webhook_url: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO alert_events (id, event_type, subject, data, webhook_url)
+         VALUES ($1, 'tollgate.reconciliation.drift', $2, $3, $4)
+         ON CONFLICT (subject) WHERE event_type = 'tollgate.reconciliation.drift' DO NOTHING",
+    )
+    .bind(new_id())
+    .bind(subject)
+    .bind(data)
+    .bind(webhook_url)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Points drift events not yet delivered at the webhook configured now.
+pub async fn retarget_drift(pool: &PgPool, webhook_url: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE alert_events SET webhook_url = $1
+         WHERE event_type = 'tollgate.reconciliation.drift' AND delivered_at IS NULL
+           AND webhook_url <> $1",
+    )
+    .bind(webhook_url)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// One outbox row.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct EventRow {
     pub id: String,
-    pub scope_kind: String,
-    pub scope_id: String,
-    pub tenant_id: String,
+    /// `tollgate.budget.threshold_crossed` or `tollgate.reconciliation.drift`.
+    pub event_type: String,
+    pub scope_kind: Option<String>,
+    pub scope_id: Option<String>,
+    pub tenant_id: Option<String>,
     pub api_key_id: Option<String>,
-    pub period: String,
-    pub period_start: DateTime<Utc>,
-    pub threshold: Decimal,
-    pub amount: Decimal,
-    pub spent: Decimal,
+    pub period: Option<String>,
+    pub period_start: Option<DateTime<Utc>>,
+    pub threshold: Option<Decimal>,
+    pub amount: Option<Decimal>,
+    pub spent: Option<Decimal>,
+    /// A drift event's CloudEvents subject and data.
+    pub subject: Option<String>,
+    pub data: Option<serde_json::Value>,
     pub created_at: DateTime<Utc>,
     pub attempts: i32,
     pub next_attempt_at: DateTime<Utc>,
@@ -84,9 +125,9 @@ pub struct EventRow {
     pub last_error: Option<String>,
 }
 
-const COLUMNS: &str = "e.id, e.scope_kind, e.scope_id, e.tenant_id, e.api_key_id, e.period,
-    e.period_start, e.threshold, e.amount, e.spent, e.created_at, e.attempts, e.next_attempt_at,
-    e.delivered_at, e.last_error";
+const COLUMNS: &str = "e.id, e.event_type, e.scope_kind, e.scope_id, e.tenant_id, e.api_key_id,
+    e.period, e.period_start, e.threshold, e.amount, e.spent, e.subject, e.data, e.created_at,
+    e.attempts, e.next_attempt_at, e.delivered_at, e.last_error";
 
 /// A claimed event and where to send it: the scope's webhook as set now,
 /// or the one it was recorded with once the scope has no alerts.
@@ -265,6 +306,34 @@ mod tests {
                 (june, "0.5".to_owned(), "5".to_owned()),
             ]
         );
+    }
+
+    #[sqlx::test(migrations = "./migrations")]
+    async fn a_drift_is_recorded_once_per_subject_and_delivered_like_the_others(pool: PgPool) {
+        let data = serde_json::json!({"day": "2026-12-06", "model": "gpt-5.5", "status": "drift"});
+        let subject = "reconciliation/2026-12-06/model=gpt-5.5";
+        assert!(
+            record_drift(&pool, subject, &data, "https://hooks.example/a")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !record_drift(&pool, subject, &data, "https://hooks.example/a")
+                .await
+                .unwrap()
+        );
+        let other = "reconciliation/2026-12-07/model=gpt-5.5";
+        assert!(record_drift(&pool, other, &data, "https://hooks.example/a")
+            .await
+            .unwrap());
+        retarget_drift(&pool, "https://hooks.example/b")
+            .await
+            .unwrap();
+        let due = claim(&pool, Duration::from_secs(60), 10).await.unwrap();
+        assert_eq!(due.len(), 2);
+        assert!(due.iter().all(|d| d.url == "https://hooks.example/b"
+            && d.event.event_type == "tollgate.reconciliation.drift"
+            && d.event.tenant_id.is_none()));
     }
 
     #[sqlx::test(migrations = "./migrations")]
