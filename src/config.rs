@@ -7,6 +7,8 @@
 //! This module reads the environment only through [`Env`], so tests can give
 //! their own without touching the process environment.
 
+pub mod reconcile;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -361,7 +363,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub alerts: AlertsConfig,
     /// `[reconcile]`: the provider's usage and cost (CONTRACT §12).
-    pub reconcile: crate::reconcile::config::ReconcileConfig,
+    pub reconcile: reconcile::ReconcileConfig,
 }
 
 /// `[limits]` (CONTRACT §8).

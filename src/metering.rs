@@ -294,6 +294,7 @@ pub fn bill(
 /// Prices the outcome with the version captured at the request's start,
 /// then seals the row at the ledger's boundary.
 pub fn build_row(ctx: RequestContext, outcome: Outcome, finished_at: DateTime<Utc>) -> LedgerRow {
+    let status = row_status(ctx.billable, &outcome);
     let mut summary = outcome.summary.unwrap_or_default();
     let billing = if ctx.billable {
         bill(
@@ -331,7 +332,7 @@ pub fn build_row(ctx: RequestContext, outcome: Outcome, finished_at: DateTime<Ut
         upstream: ctx.upstream,
         upstream_model: summary.model,
         stream: ctx.stream,
-        status: outcome.status.as_str().to_owned(),
+        status: status.as_str().to_owned(),
         usage_source: billing.usage_source.as_str().to_owned(),
         input_tokens: usage.input_tokens,
         cached_tokens: usage.cached_tokens,
@@ -359,6 +360,21 @@ pub fn build_row(ctx: RequestContext, outcome: Outcome, finished_at: DateTime<Ut
     };
     boundary::seal(&mut row);
     row
+}
+
+/// The row's status. A call that uses no model (input items, delete, token
+/// count, ...) answers something other than a response object: a complete
+/// 2xx answer without a status or usage is that call done, not a response
+/// cut short. A cut body keeps its cut code and stays `interrupted`.
+fn row_status(billable: bool, outcome: &Outcome) -> RequestStatus {
+    let answered = outcome
+        .http_status
+        .is_some_and(|status| (200..300).contains(&status))
+        && outcome.error_code.is_none();
+    match outcome.status {
+        RequestStatus::Interrupted if !billable && answered => RequestStatus::Completed,
+        status => status,
+    }
 }
 
 /// Cost, price id and unpriced reason of `usage` under `price`.

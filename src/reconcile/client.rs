@@ -18,7 +18,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::config::ReconcileConfig;
+use crate::config::reconcile::ReconcileConfig;
 use crate::config::Secret;
 
 /// Attempts per request (the first included).

@@ -20,7 +20,6 @@
 
 pub mod api;
 pub mod client;
-pub mod config;
 pub mod fetch;
 pub mod keys;
 pub mod metrics;
@@ -39,7 +38,7 @@ use crate::jobs::{Job, JobContext, JobError, Progress};
 use crate::limits::alerts::Alerts;
 use client::OrgClient;
 use fetch::Fetched;
-use report::{GroupBy, Query, Report, Settings};
+use report::{GroupBy, Query, Report};
 
 /// The job's name: its claim, its `job_status` row, its metrics label.
 pub const JOB_NAME: &str = "reconcile.fetch";
@@ -169,7 +168,7 @@ pub fn spawn(state: &Arc<crate::state::AppState>) {
 /// The report for `query` with this configuration, judged now.
 pub async fn report(pool: &PgPool, config: &Config, query: &Query) -> Result<Report, sqlx::Error> {
     let mapping = keys::Mapping::load(pool, config).await?;
-    let settings = Settings::from_config(&config.reconcile);
+    let settings = config.reconcile.settings();
     report::build(pool, &mapping, &settings, query, Utc::now()).await
 }
 

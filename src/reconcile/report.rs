@@ -348,19 +348,6 @@ pub struct Settings {
     pub tolerance: Tolerance,
 }
 
-impl Settings {
-    pub fn from_config(config: &super::config::ReconcileConfig) -> Self {
-        Self {
-            settle_hours: config.settle_hours,
-            require_hourly_agreement: config.require_hourly_agreement,
-            tolerance: Tolerance {
-                cost: config.cost_tolerance,
-                cost_ratio: config.cost_tolerance_ratio,
-            },
-        }
-    }
-}
-
 type Sides = (Option<Figures>, Option<Figures>);
 
 /// Builds the report from the stored tables, judged at `now`.

@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-use crate::config::{ConfigError, Env, Secret};
+use super::{ConfigError, Env, Secret};
+use crate::reconcile::report::{GroupBy, Settings, Tolerance};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -100,8 +101,7 @@ impl ReconcileConfig {
         if let Some(key) = env.var("TOLLGATE_OPENAI_ADMIN_KEY") {
             self.admin_key = Secret::new(key);
         }
-        self.admin_key =
-            crate::config::resolve_secret(&self.admin_key, "reconcile.admin_key", env)?;
+        self.admin_key = super::resolve_secret(&self.admin_key, "reconcile.admin_key", env)?;
         Ok(())
     }
 
@@ -140,7 +140,7 @@ impl ReconcileConfig {
         if self.max_page_bytes < 1024 {
             return Err(invalid("max_page_bytes", "must be at least 1024"));
         }
-        if let Err(bad) = super::report::GroupBy::parse_all(&self.alert_group_by) {
+        if let Err(bad) = GroupBy::parse_all(&self.alert_group_by) {
             return Err(invalid("alert_group_by", bad));
         }
         if let Some(url) = &self.alert_webhook_url {
@@ -158,6 +158,20 @@ impl ReconcileConfig {
             }
         }
         Ok(())
+    }
+}
+
+impl ReconcileConfig {
+    /// How the comparison judges, as this section configures it.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            settle_hours: self.settle_hours,
+            require_hourly_agreement: self.require_hourly_agreement,
+            tolerance: Tolerance {
+                cost: self.cost_tolerance,
+                cost_ratio: self.cost_tolerance_ratio,
+            },
+        }
     }
 }
 
