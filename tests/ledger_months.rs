@@ -464,3 +464,56 @@ async fn the_current_month_is_not_archived(pool: PgPool) {
         .unwrap_err();
     assert!(err.to_string().contains("not over"), "{err}");
 }
+
+/// `[ledger] retention_months`: the job archives a month past retention
+/// (then drops it) and keeps the months within it.
+#[sqlx::test(migrations = "./migrations")]
+async fn retention_archives_months_past_it(pool: PgPool) {
+    let now = Utc::now();
+    let old = Month::of(now).plus(-3);
+    let kept = Month::of(now).plus(-1);
+    let rows = [
+        row(
+            "req_ret_old",
+            "acme",
+            old.start() + chrono::Duration::hours(5),
+            Some(Decimal::new(7, 3)),
+        ),
+        row(
+            "req_ret_kept",
+            "acme",
+            kept.start() + chrono::Duration::hours(5),
+            Some(Decimal::new(9, 3)),
+        ),
+    ];
+    insert_isolating(&pool, &rows).await.unwrap();
+    let reports = reports_digest(&pool, "acme").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut job = months::MonthsJob {
+        retention_months: Some(2),
+        archive_dir: dir.path().to_path_buf(),
+    };
+    let ctx = tollgate::jobs::JobContext {
+        pool: pool.clone(),
+        stop: tokio_util::sync::CancellationToken::new(),
+    };
+    // First round: creates the rows' months (from the default partition)
+    // and archives the oldest one past retention.
+    for _ in 0..3 {
+        tollgate::jobs::run_once(&ctx, &mut job).await.unwrap();
+    }
+    let archived: Vec<String> = months::partitions(&pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.state == "archived")
+        .filter_map(|p| p.month)
+        .collect();
+    assert_eq!(archived, vec![old.to_string()]);
+    assert_eq!(digest(&pool, "request_id = 'req_ret_old'").await.0, 0);
+    assert_eq!(digest(&pool, "request_id = 'req_ret_kept'").await.0, 1);
+    assert_eq!(reports_digest(&pool, "acme").await, reports, "rollups kept");
+    let manifest = archive::verify(&pool, dir.path(), old).await.unwrap();
+    assert_eq!(manifest.rows, 1);
+    assert_eq!(manifest.cost_sum["usd"], "0.007");
+}
