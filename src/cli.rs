@@ -61,6 +61,11 @@ pub enum Command {
         #[command(subcommand)]
         command: LimitsCommand,
     },
+    /// The ledger's months: list, archive, verify, restore (CONTRACT §5a).
+    Ledger {
+        #[command(subcommand)]
+        command: crate::ledger::command::LedgerCommand,
+    },
     /// The provider's usage and cost against the ledger (CONTRACT §12).
     Reconcile {
         #[command(subcommand)]
@@ -228,6 +233,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Prices { command } => prices(&pool, command).await,
                 Command::Limits { command } => limits_command(&pool, &config, command).await,
                 Command::Reconcile { command } => reconcile_command(pool, config, command).await,
+                Command::Ledger { command } => {
+                    crate::ledger::command::run(pool, config.ledger.archive_dir.clone(), command)
+                        .await
+                }
                 Command::MockUpstream { .. } | Command::Demo { .. } => Ok(()),
             }
         }

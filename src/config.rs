@@ -177,6 +177,12 @@ pub struct LedgerConfig {
     /// ago. 0 writes whatever is queued at once.
     pub linger_ms: u64,
     pub spool_dir: PathBuf,
+    /// Months kept in the database, the current one included; an older
+    /// month is archived to Parquet, verified and dropped (CONTRACT §5a).
+    /// Unset: keep everything.
+    pub retention_months: Option<u32>,
+    /// Where archived months are written (`TOLLGATE_ARCHIVE_DIR`).
+    pub archive_dir: PathBuf,
 }
 
 impl Default for LedgerConfig {
@@ -185,6 +191,8 @@ impl Default for LedgerConfig {
             batch_max: 1_000,
             linger_ms: 5,
             spool_dir: PathBuf::from("./data/spool"),
+            retention_months: None,
+            archive_dir: PathBuf::from("./data/archive"),
         }
     }
 }
@@ -518,6 +526,9 @@ impl Config {
         if let Some(v) = env.var("TOLLGATE_SPOOL_DIR") {
             self.ledger.spool_dir = PathBuf::from(v);
         }
+        if let Some(v) = env.var("TOLLGATE_ARCHIVE_DIR") {
+            self.ledger.archive_dir = PathBuf::from(v);
+        }
         if let Some(v) = env.var("TOLLGATE_ALERTS_SECRET") {
             self.alerts.signing_secret = Secret::new(v);
         }
@@ -592,6 +603,12 @@ impl Config {
         }
         if self.ledger.linger_ms > 1_000 {
             return Err(invalid("ledger.linger_ms", "must be at most 1000"));
+        }
+        if self.ledger.retention_months == Some(0) {
+            return Err(invalid(
+                "ledger.retention_months",
+                "must be at least 1 (the current month stays)",
+            ));
         }
         if self.prices.reload_interval_secs == 0 {
             return Err(invalid("prices.reload_interval_secs", "must be at least 1"));

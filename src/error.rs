@@ -152,6 +152,23 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "invalid_request_error", message).with_code("not_found")
     }
 
+    /// 410 `ledger_archived`: the rows asked for belong to a month that was
+    /// archived and dropped (CONTRACT §5); reports still answer it.
+    pub fn ledger_archived(month: impl std::fmt::Display, location: &str) -> Self {
+        Self::new(
+            StatusCode::GONE,
+            "invalid_request_error",
+            format!(
+                "The ledger rows of {month} were archived to {location} and are no longer in \
+                 the database: read them from the archive (`tollgate ledger restore --month \
+                 {month}` brings them back), use /v1/usage for their sums, or narrow \
+                 start_time/end_time to months still in the database."
+            ),
+        )
+        .with_code("ledger_archived")
+        .with_param("start_time")
+    }
+
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,

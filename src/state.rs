@@ -148,6 +148,11 @@ impl Drop for Slot {
 }
 
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    // Migration 0018 partitions the ledger; its slow parts run first,
+    // without blocking writers (a no-op once done or on a fresh database).
+    crate::ledger::months::prepare_upgrade(pool)
+        .await
+        .map_err(sqlx::migrate::MigrateError::Execute)?;
     MIGRATOR.run(pool).await
 }
 

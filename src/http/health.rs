@@ -37,6 +37,9 @@ pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         Err(err) => (false, format!("unreachable: {err}")),
     };
     let ready = ready && !state.shutdown.is_cancelled();
+    let default_rows = crate::ledger::months::default_rows(&state.pool)
+        .await
+        .unwrap_or_else(|_| crate::ledger::months::last_default_rows());
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "not_ready" },
         "database": db_status,
@@ -45,6 +48,8 @@ pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             "spooled_rows": load(&stats.spooled),
             "written_rows": load(&stats.written),
             "quarantined_rows": load(&stats.quarantined),
+            // Rows no month covers yet (the ledger.months job moves them).
+            "default_partition_rows": default_rows,
         },
     });
     let status = if ready {

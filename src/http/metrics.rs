@@ -18,6 +18,11 @@ use crate::telemetry::metrics;
     ))]
 pub(super) async fn metrics_endpoint(State(state): State<Arc<AppState>>) -> Response {
     metrics::publish_ledger(state.ledger.stats());
+    // Counted now (a small table); the last count if the database is away.
+    let default_rows = crate::ledger::months::default_rows(&state.pool)
+        .await
+        .unwrap_or_else(|_| crate::ledger::months::last_default_rows());
+    metrics::publish_default_partition_rows(default_rows);
     match metrics::handle() {
         Some(handle) => (
             [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],

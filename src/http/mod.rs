@@ -84,6 +84,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/admin/reprice", post(admin::reprice))
         .route("/admin/ledger/quarantine", get(admin::list_quarantine))
+        .route(
+            "/admin/ledger/partitions",
+            get(crate::ledger::api::partitions),
+        )
         .route("/admin/limits", get(limits::api::list))
         .route("/admin/alerts", get(limits::alerts::api::list))
         .route("/admin/jobs", get(jobs::api::list))

@@ -47,6 +47,7 @@ pub const OPENAI_SPEC: &str = "https://github.com/openai/openai-openapi";
         crate::admin::reprice,
         crate::admin::import_prices,
         crate::admin::list_quarantine,
+        crate::ledger::api::partitions,
         crate::limits::api::put_tenant,
         crate::limits::api::get_tenant,
         crate::limits::api::delete_tenant,

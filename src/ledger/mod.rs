@@ -3,13 +3,22 @@
 //!
 //! Request handlers hand finished rows to a [`LedgerHandle`] (a channel send,
 //! never an await on the database). One writer task batches them into a single
-//! `INSERT … SELECT FROM UNNEST(…) ON CONFLICT (request_id) DO NOTHING`, so a
-//! row written twice is stored once. When the database refuses a batch, the
+//! `INSERT … SELECT FROM UNNEST(…) ON CONFLICT DO NOTHING` (the unique key is
+//! `(request_id, started_at)`; a request's row is built once, so a replay
+//! carries the same id and time), so a row written twice is stored once. When the database refuses a batch, the
 //! batch goes to the local [`spool`] (fsync'd before it is forgotten) and is
 //! replayed when the database is back. The request id is the idempotency key
 //! everywhere: nothing claims it before the row is durable.
+//!
+//! The table is partitioned by calendar month (UTC, [`months`]); months past
+//! retention are archived to Parquet, verified and dropped ([`archive`]).
 
+pub mod api;
+pub mod archive;
 pub mod boundary;
+pub mod command;
+mod insert;
+pub mod months;
 pub mod owners;
 pub mod quarantine;
 pub mod spool;

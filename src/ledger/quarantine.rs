@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use super::writer::insert_rows;
+use super::insert::insert_rows;
 use super::LedgerRow;
 
 /// What one isolating insert did.

@@ -58,6 +58,7 @@ use usage::push_filter;
                 (String = "text/csv"),
             )),
         (status = 429, description = "Too many concurrent exports for this tenant.", body = crate::error::Envelope),
+        (status = 410, description = "The range reaches into an archived month (`ledger_archived`, naming it and its archive).", body = crate::error::Envelope),
     ))]
 pub async fn tenant_records(
     State(state): State<Arc<AppState>>,
@@ -94,6 +95,7 @@ pub async fn tenant_records(
                 (String = "text/csv"),
             )),
         (status = 429, description = "Too many concurrent exports.", body = crate::error::Envelope),
+        (status = 410, description = "The range reaches into an archived month (`ledger_archived`, naming it and its archive).", body = crate::error::Envelope),
     ))]
 pub async fn admin_records(
     State(state): State<Arc<AppState>>,
@@ -177,11 +179,24 @@ async fn records(
     holder: &str,
 ) -> Result<Response, ApiError> {
     if query.format == RecordsFormat::Csv {
+        refuse_archived(state, query.start_time, query.end_time).await?;
         return Ok(export::records_csv(state, query, holder).await);
     }
     let mut rows = fetch_records(&state.reports_pool, &query).await?;
     let has_more = rows.len() > query.limit;
     rows.truncate(query.limit);
+    // What this page stands for: from its oldest row (a full page) or the
+    // range's start, up to the cursor or the range's end. An archived month
+    // in it would make the page silently short.
+    let upper = query
+        .after
+        .as_ref()
+        .map_or(query.end_time, |c| c.started_at.min(query.end_time));
+    let lower = match rows.last() {
+        Some(row) if has_more => row.row.started_at,
+        _ => query.start_time,
+    };
+    refuse_archived(state, lower, upper).await?;
     let next_cursor = if has_more {
         rows.last().and_then(|row| {
             row.row.id.map(|id| {
@@ -202,6 +217,18 @@ async fn records(
         "next_cursor": next_cursor,
     }))
     .into_response())
+}
+
+/// 410 `ledger_archived` when `[from, to)` reaches into an archived month.
+async fn refuse_archived(
+    state: &AppState,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+) -> Result<(), ApiError> {
+    match crate::ledger::archive::archived_in(&state.reports_pool, Some(from), Some(to)).await? {
+        Some((month, location)) => Err(ApiError::ledger_archived(month, &location)),
+        None => Ok(()),
+    }
 }
 
 /// One page plus one row (to know whether more follow), long text cut to

@@ -29,6 +29,7 @@ pub const TIME_TO_FIRST_BYTE: &str = "tollgate_time_to_first_byte_seconds";
 pub const UPSTREAM_DURATION: &str = "tollgate_upstream_duration_seconds";
 pub const ROWS_WRITTEN: &str = "tollgate_ledger_rows_written_total";
 pub const ROWS_SPOOLED: &str = "tollgate_ledger_rows_spooled";
+pub const DEFAULT_PARTITION_ROWS: &str = "tollgate_ledger_default_partition_rows";
 pub const ROWS_QUEUED: &str = "tollgate_ledger_rows_queued";
 pub const ROWS_QUARANTINED: &str = "tollgate_ledger_rows_quarantined_total";
 pub const WRITE_ERRORS: &str = "tollgate_ledger_write_errors_total";
@@ -98,6 +99,10 @@ fn describe() {
     describe_gauge!(
         ROWS_SPOOLED,
         "Ledger rows waiting in the spool for the database."
+    );
+    describe_gauge!(
+        DEFAULT_PARTITION_ROWS,
+        "Ledger rows in the default partition (no month covers their time yet)."
     );
     describe_gauge!(
         ROWS_QUEUED,
@@ -289,6 +294,11 @@ pub fn publish_ledger(stats: &LedgerStats) {
     metrics::counter!(ROWS_QUARANTINED).absolute(stats.quarantined.load(Relaxed));
     metrics::gauge!(ROWS_SPOOLED).set(stats.spooled.load(Relaxed) as f64);
     metrics::gauge!(ROWS_QUEUED).set(stats.queued.load(Relaxed) as f64);
+}
+
+/// Rows in the ledger's default partition, as last counted.
+pub fn publish_default_partition_rows(rows: i64) {
+    metrics::gauge!(DEFAULT_PARTITION_ROWS).set(rows as f64);
 }
 
 fn model_label(row: &LedgerRow) -> String {
