@@ -86,7 +86,14 @@ pub async fn build_state(
         &state.shutdown,
     );
     crate::reconcile::spawn(&state);
-    crate::ledger::months::spawn(&state);
+    crate::ledger::months::spawn(
+        &state.tasks,
+        crate::jobs::JobContext {
+            pool: state.pool.clone(),
+            stop: state.shutdown.clone(),
+        },
+        &state.config.ledger,
+    );
     spawn_price_listener(&state);
     Ok((state, Background { writer }))
 }

@@ -363,16 +363,16 @@ impl Job for MonthsJob {
 }
 
 /// Starts the job on this replica.
-pub fn spawn(state: &std::sync::Arc<crate::state::AppState>) {
-    let ctx = JobContext {
-        pool: state.pool.clone(),
-        stop: state.shutdown.clone(),
-    };
+pub fn spawn(
+    tasks: &tokio_util::task::TaskTracker,
+    ctx: JobContext,
+    config: &crate::config::LedgerConfig,
+) {
     let job = MonthsJob {
-        retention_months: state.config.ledger.retention_months,
-        archive_dir: state.config.ledger.archive_dir.clone(),
+        retention_months: config.retention_months,
+        archive_dir: config.archive_dir.clone(),
     };
-    crate::jobs::spawn(&state.tasks, ctx, job);
+    crate::jobs::spawn(tasks, ctx, job);
 }
 
 /// Before the migrations: when migration 0018 is still to run over an
