@@ -86,6 +86,7 @@ pub async fn build_state(
         &state.shutdown,
     );
     crate::reconcile::spawn(&state);
+    crate::export::spawn(&state);
     spawn_price_listener(&state);
     Ok((state, Background { writer }))
 }
