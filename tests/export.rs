@@ -476,3 +476,58 @@ async fn the_admin_api_sets_billing_ids_and_controls_each_sink(pool: PgPool) {
     assert!(metrics.contains("tollgate_export_events_total"), "metrics");
     gw.shutdown().await;
 }
+
+fn tollgate(pool_db: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(args)
+        .env(
+            "DATABASE_URL",
+            format!("postgres://postgres@127.0.0.1:5432/{pool_db}"),
+        )
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[sqlx::test]
+async fn the_command_line_shows_pauses_resumes_and_replays_a_sink(pool: PgPool) {
+    let db: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let sinks = BillingSinks::start(SIGNING_SECRET).await;
+    register(&pool, "webhook").await;
+    insert_rows(&pool, "acme", "a", 7).await;
+    let mut job = sinks.job("webhook", |_| {});
+    assert!(drive(&pool, &mut job, 5).await.is_empty());
+    let (ok, out, err) = tollgate(&db, &["exports", "status"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("webhook") && out.contains("sent 7"), "{out}");
+    let (ok, out, _) = tollgate(&db, &["exports", "pause", "webhook"]);
+    assert!(ok && out.contains("paused"), "{out}");
+    insert_rows(&pool, "acme", "b", 3).await;
+    let ctx = ctx(&pool);
+    assert_eq!(
+        tollgate::jobs::run_once(&ctx, &mut job).await.unwrap(),
+        tollgate::jobs::Round::Paused
+    );
+    let (ok, out, _) = tollgate(&db, &["exports", "status", "--json"]);
+    assert!(ok);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["data"][0]["paused"], true);
+    assert_eq!(v["data"][0]["lag_rows"], 3);
+    assert!(tollgate(&db, &["exports", "resume", "webhook"]).0);
+    assert!(drive(&pool, &mut job, 5).await.is_empty());
+    assert_eq!(sinks.book("webhook").unique.len(), 10);
+    let (ok, out, err) = tollgate(&db, &["exports", "replay", "webhook", "--from", "0"]);
+    assert!(ok && out.contains("10 ledger rows"), "{out}{err}");
+    assert!(drive(&pool, &mut job, 5).await.is_empty());
+    let book = sinks.book("webhook");
+    assert_eq!((book.duplicates, book.after_dedupe()), (10, 0));
+    let (ok, _, err) = tollgate(&db, &["exports", "pause", "nosuch"]);
+    assert!(!ok && err.contains("no sink"), "{err}");
+}

@@ -372,30 +372,31 @@ pub async fn get_tenant(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     require_admin(&state, &headers)?;
-    let row: Option<(
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        DateTime<Utc>,
-    )> = sqlx::query_as(
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        billing: Billing,
+        updated_at: DateTime<Utc>,
+    }
+    let row: Option<Row> = sqlx::query_as(
         "SELECT openmeter_subject, lago_external_subscription_id, stripe_customer_id, updated_at
          FROM tenant_billing WHERE tenant_id = $1",
     )
     .bind(&tenant)
     .fetch_optional(&state.pool)
     .await?;
-    let Some((o, l, s, updated_at)) = row else {
+    let Some(Row {
+        billing,
+        updated_at,
+    }) = row
+    else {
         return Err(ApiError::not_found(format!(
             "No billing ids for tenant '{tenant}'."
         )));
     };
     Ok(Json(TenantBilling {
         tenant,
-        billing: Billing {
-            openmeter_subject: o,
-            lago_external_subscription_id: l,
-            stripe_customer_id: s,
-        },
+        billing,
         updated_at,
     })
     .into_response())

@@ -38,6 +38,7 @@
 //! when transactions commit out of id order.
 
 pub mod api;
+pub mod command;
 pub mod config;
 pub mod event;
 pub mod lago;

@@ -270,26 +270,20 @@ pub async fn mappings(
     pool: &PgPool,
     tenants: &[&str],
 ) -> Result<HashMap<String, Billing>, sqlx::Error> {
-    let rows: Vec<(String, Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        tenant_id: String,
+        #[sqlx(flatten)]
+        billing: Billing,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT tenant_id, openmeter_subject, lago_external_subscription_id, stripe_customer_id
          FROM tenant_billing WHERE tenant_id = ANY($1)",
     )
     .bind(tenants)
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(t, o, l, s)| {
-            (
-                t,
-                Billing {
-                    openmeter_subject: o,
-                    lago_external_subscription_id: l,
-                    stripe_customer_id: s,
-                },
-            )
-        })
-        .collect())
+    Ok(rows.into_iter().map(|r| (r.tenant_id, r.billing)).collect())
 }
 
 /// A row's new state for a sink.

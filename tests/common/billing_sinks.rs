@@ -701,10 +701,19 @@ pub async fn map_tenant(pool: &PgPool, tenant: &str) {
 }
 
 /// One line of the fault table (printed; the report collects them).
+/// Stripe sums the meter's integer (`total_tokens` here), the others cost.
 pub fn fault_line(fault: &str, sink: &str, book: &Book, ledger_rows: i64, ledger_cost: Decimal) {
-    let exported = book.cost_sum(sink);
+    let sums = if sink == "stripe" {
+        format!("tokens exported {}", book.value_sum())
+    } else {
+        format!(
+            "cost ledger {} exported {}",
+            ledger_cost.normalize(),
+            book.cost_sum(sink).normalize()
+        )
+    };
     eprintln!(
-        "FAULT | {fault} | {sink} | events sent {} | duplicates before dedupe {} | after dedupe {} | unique {} of {ledger_rows} | cost ledger {ledger_cost} exported {exported}",
+        "FAULT | {fault} | {sink} | events sent {} | duplicates before dedupe {} | after dedupe {} | unique {} of {ledger_rows} | {sums}",
         book.received,
         book.duplicates,
         book.after_dedupe(),
