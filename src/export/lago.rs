@@ -61,7 +61,8 @@ pub async fn post(client: &SinkClient, events: &[Event<'_>]) -> Answer {
         .http
         .post(format!("{}{PATH}", client.config.base()))
         .bearer_auth(client.config.api_key.expose())
-        .json(&body(code, events))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(serde_json::to_vec(&body(code, events)).unwrap_or_default())
         .send()
         .await;
     let single = events.len() == 1;

@@ -1678,7 +1678,9 @@ async fn admin_call(
         .request(method, format!("{}{path}", stack.gateway_base))
         .bearer_auth(super::ADMIN_TOKEN);
     if let Some(body) = body {
-        request = request.json(&body);
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_string());
     }
     let response = request.send().await?;
     let status = response.status();
