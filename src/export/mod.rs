@@ -71,15 +71,15 @@ pub fn job_name(sink: &str) -> String {
 const LAG_EVERY: Duration = Duration::from_secs(5);
 /// The lag counted at most (status says "at least" beyond it).
 pub const LAG_CAP: i64 = 10_000_000;
-/// Steps between two prunes of the outbox.
-const PRUNE_EVERY: u64 = 64;
+/// The least time between two prunes of the outbox.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 /// One sink's delivery.
 pub struct ExportJob {
     client: SinkClient,
     wake: Arc<Notify>,
     last_lag: Option<Instant>,
-    steps: u64,
+    last_prune: Option<Instant>,
 }
 
 impl ExportJob {
@@ -94,7 +94,7 @@ impl ExportJob {
             client,
             wake,
             last_lag: None,
-            steps: 0,
+            last_prune: None,
         })
     }
 
@@ -215,13 +215,13 @@ impl ExportJob {
         if let Some(reason) = failure {
             return Err(JobError::failed(format!("{sink}: {reason}")));
         }
-        self.steps += 1;
         let more = released.len() as i64 >= limit || entries.len() as i64 >= limit;
-        if self.steps % PRUNE_EVERY == 0 || !more {
+        if self.last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+            self.last_prune = Some(Instant::now());
             outbox::prune(pool).await?;
         }
         let at = advance.unwrap_or(cursor);
-        let (lag_rows, lag_seconds) = self.lag(pool, at, more).await?;
+        let (lag_rows, lag_seconds) = self.lag(pool, at).await?;
         Ok(Progress {
             more,
             cursor: Some(at.to_string()),
@@ -230,14 +230,14 @@ impl ExportJob {
         })
     }
 
-    /// The lag, recounted at most every [`LAG_EVERY`] while a backlog runs.
+    /// The lag, recounted at most every [`LAG_EVERY`] (`GET /admin/exports`
+    /// counts its own).
     async fn lag(
         &mut self,
         pool: &sqlx::PgPool,
         at: Cursor,
-        more: bool,
     ) -> Result<(Option<i64>, Option<f64>), JobError> {
-        if more && self.last_lag.is_some_and(|t| t.elapsed() < LAG_EVERY) {
+        if self.last_lag.is_some_and(|t| t.elapsed() < LAG_EVERY) {
             return Ok((None, None));
         }
         self.last_lag = Some(Instant::now());
