@@ -71,6 +71,32 @@ pub enum Command {
         #[command(subcommand)]
         command: ReconcileCommand,
     },
+    /// Billing export to OpenMeter, Lago, Stripe and webhooks (CONTRACT §13).
+    Exports {
+        #[command(subcommand)]
+        command: ExportsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExportsCommand {
+    /// Each sink's cursor, lag, last error and waiting rows.
+    Status {
+        /// Print the endpoint's JSON instead of one line per sink.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pause a sink on every replica (rows keep queuing).
+    Pause { sink: String },
+    /// Resume a paused sink.
+    Resume { sink: String },
+    /// Send a sink every ledger row from a time on again (deduplicated by the sink).
+    Replay {
+        sink: String,
+        /// Unix seconds or RFC 3339.
+        #[arg(long)]
+        from: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -236,6 +262,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Ledger { command } => {
                     crate::ledger::command::run(pool, config.ledger.archive_dir.clone(), command)
                         .await
+                }
+                Command::Exports { command } => {
+                    use crate::export::command as export;
+                    let out = match command {
+                        ExportsCommand::Status { json } => {
+                            export::status(&pool, &config.exports, json).await?
+                        }
+                        ExportsCommand::Pause { sink } => {
+                            export::set_paused(&pool, &sink, true).await?
+                        }
+                        ExportsCommand::Resume { sink } => {
+                            export::set_paused(&pool, &sink, false).await?
+                        }
+                        ExportsCommand::Replay { sink, from } => {
+                            export::replay(&pool, &sink, &from).await?
+                        }
+                    };
+                    println!("{out}");
+                    Ok(())
                 }
                 Command::MockUpstream { .. } | Command::Demo { .. } => Ok(()),
             }

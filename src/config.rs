@@ -7,6 +7,7 @@
 //! This module reads the environment only through [`Env`], so tests can give
 //! their own without touching the process environment.
 
+pub mod exports;
 pub mod reconcile;
 
 use std::collections::HashMap;
@@ -372,6 +373,8 @@ pub struct Config {
     pub alerts: AlertsConfig,
     /// `[reconcile]`: the provider's usage and cost (CONTRACT §12).
     pub reconcile: reconcile::ReconcileConfig,
+    /// `[exports.<sink>]`: billing export (CONTRACT §13).
+    pub exports: exports::ExportsConfig,
 }
 
 /// `[limits]` (CONTRACT §8).
@@ -470,6 +473,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             alerts: AlertsConfig::default(),
             reconcile: Default::default(),
+            exports: Default::default(),
         }
     }
 }
@@ -579,6 +583,7 @@ impl Config {
         self.alerts.signing_secret =
             resolve_secret(&self.alerts.signing_secret, "alerts.signing_secret", env)?;
         self.reconcile.apply_env(env)?;
+        self.exports.apply_env(env)?;
         Ok(())
     }
 
@@ -751,7 +756,8 @@ impl Config {
         if a.sweep_secs == 0 {
             return Err(invalid("alerts.sweep_secs", "must be at least 1"));
         }
-        self.reconcile.validate(!a.signing_secret.is_empty())
+        self.reconcile.validate(!a.signing_secret.is_empty())?;
+        self.exports.validate(!a.signing_secret.is_empty())
     }
 
     /// Labels are what the audit trail shows, so they must be unambiguous;

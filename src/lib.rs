@@ -24,6 +24,7 @@ pub mod sse;
 pub mod usage;
 
 pub mod admin;
+pub mod export;
 pub mod jobs;
 pub mod reconcile;
 pub mod reports;

@@ -94,6 +94,7 @@ pub async fn build_state(
         },
         &state.config.ledger,
     );
+    crate::export::spawn(&state);
     spawn_price_listener(&state);
     Ok((state, Background { writer }))
 }

@@ -55,6 +55,8 @@ use sqlx::Connection;
 mod litellm;
 #[path = "bench/scenarios.rs"]
 mod scenarios;
+#[path = "bench/sinks.rs"]
+mod sinks;
 #[path = "bench/stack.rs"]
 mod stack;
 
@@ -97,6 +99,9 @@ enum BenchCommand {
     /// Spend control on vs off: saturation ratio, p50 at 4 connections,
     /// database transactions for admission per second.
     Limits(LimitsArgs),
+    /// Billing export: serving with export on vs off, events/s per sink,
+    /// catch-up after an outage.
+    Export(ExportArgs),
     /// Everything above, then one table.
     All(AllArgs),
 }
@@ -196,6 +201,29 @@ struct LimitsArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+struct ExportArgs {
+    /// Seconds of wrk per round.
+    #[arg(long, default_value_t = 8)]
+    seconds: u64,
+    /// Rounds, export off and on alternating.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Backlog rows for the per-sink throughput.
+    #[arg(long, default_value_t = 100_000)]
+    rows: i64,
+    /// The longest one sink's throughput measure runs.
+    #[arg(long, default_value_t = 60)]
+    max_secs: u64,
+    /// Rows of the catch-up measure.
+    #[arg(long, default_value_t = 1_000_000)]
+    catchup_rows: i64,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Debug, Clone, Args)]
 struct AllArgs {
     /// Streams held open (the target is 10,000).
     #[arg(long, default_value_t = 10_000)]
@@ -270,6 +298,7 @@ async fn run(cli: Cli) -> Result<()> {
         BenchCommand::Ledger(args) => ledger(args).await?,
         BenchCommand::Callgrind(args) => callgrind(args).await?,
         BenchCommand::Limits(args) => limits(args).await?,
+        BenchCommand::Export(args) => export(args).await?,
         BenchCommand::All(args) => all(args).await?,
     };
     println!("\n{}", stack::summary_table(&rows));
@@ -333,6 +362,21 @@ async fn limits(args: LimitsArgs) -> Result<Vec<stack::SummaryRow>> {
         seconds: if smoke { 1 } else { args.seconds },
         rounds: if smoke { 1 } else { args.rounds },
         connections: args.connections,
+        smoke,
+        write_md: args.common.write_md,
+    })
+    .await
+}
+
+async fn export(args: ExportArgs) -> Result<Vec<stack::SummaryRow>> {
+    let smoke = args.common.smoke;
+    scenarios::export(scenarios::ExportOptions {
+        seconds: if smoke { 1 } else { args.seconds },
+        rounds: if smoke { 1 } else { args.rounds },
+        connections: args.connections,
+        rows: if smoke { 1_000 } else { args.rows },
+        max_secs: if smoke { 10 } else { args.max_secs },
+        catchup_rows: if smoke { 1_000 } else { args.catchup_rows },
         smoke,
         write_md: args.common.write_md,
     })

@@ -106,6 +106,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/admin/usage", get(reports::admin_usage))
         .route("/admin/usage/records", get(reports::admin_records))
+        .merge(crate::export::api::routes())
         .layer(DefaultBodyLimit::max(limit));
     Router::new()
         .merge(client)

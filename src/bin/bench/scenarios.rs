@@ -1646,3 +1646,317 @@ pub(crate) async fn limits(opts: LimitsOptions) -> Result<Vec<SummaryRow>> {
         ),
     ])
 }
+
+// ---------------------------------------------------------------------------
+// export: billing export throughput per sink, serving with export on vs off,
+// catch-up after an outage
+
+pub(crate) struct ExportOptions {
+    pub seconds: u64,
+    pub rounds: usize,
+    pub connections: usize,
+    /// Rows queued while every sink is paused, then delivered sink by sink.
+    pub rows: i64,
+    /// The longest a sink's throughput measure runs (Stripe: one request per event).
+    pub max_secs: u64,
+    /// Rows of the catch-up measure (OpenMeter, after an outage).
+    pub catchup_rows: i64,
+    pub smoke: bool,
+    pub write_md: bool,
+}
+
+const SINK_NAMES: [&str; 4] = ["openmeter", "webhook", "lago", "stripe"];
+
+async fn admin_call(
+    stack: &Stack,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value> {
+    let mut request = stack
+        .client
+        .request(method, format!("{}{path}", stack.gateway_base))
+        .bearer_auth(super::ADMIN_TOKEN);
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
+    let response = request.send().await?;
+    let status = response.status();
+    let text = response.text().await?;
+    if !status.is_success() {
+        bail!("{path}: {status} {text}");
+    }
+    Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+}
+
+async fn set_sinks_paused(stack: &Stack, sinks: &[&str], paused: bool) -> Result<()> {
+    let action = if paused { "pause" } else { "resume" };
+    for sink in sinks {
+        admin_call(
+            stack,
+            reqwest::Method::POST,
+            &format!("/admin/exports/{sink}/{action}"),
+            None,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Waits until every sink's lag is 0 (at most `within`).
+async fn sinks_caught_up(stack: &Stack, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let status = admin_call(stack, reqwest::Method::GET, "/admin/exports", None).await?;
+        let lagging = status["data"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|s| s["lag_rows"].as_i64() != Some(0))
+                    .count()
+            })
+            .unwrap_or(1);
+        if lagging == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("export did not catch up within {within:?}: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `n` final priced rows of tenant `bench`, straight into the ledger (the
+/// triggers queue them as the writer's inserts would).
+async fn insert_ledger_rows(url: &str, tag: &str, n: i64) -> Result<()> {
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    let mut done = 0;
+    while done < n {
+        let chunk = (n - done).min(50_000);
+        sqlx::query(
+            "INSERT INTO usage_ledger (request_id, tenant_id, api_key_id, endpoint, model, stream,
+                 status, usage_source, input_tokens, cached_tokens, output_tokens, reasoning_tokens,
+                 total_tokens, service_tier, cost, started_at, finished_at)
+             SELECT 'bench_' || $1 || '_' || ($2 + g), 'bench', 'key_bench', 'responses.create',
+                 'gpt-5.5', false, 'completed', 'reported', 1000, 200, 300, 50, 1300, 'default',
+                 0.0123456789012345, now(), now()
+             FROM generate_series(1, $3) AS g",
+        )
+        .bind(tag)
+        .bind(done)
+        .bind(chunk)
+        .execute(&mut conn)
+        .await?;
+        done += chunk;
+    }
+    Ok(())
+}
+
+/// Delivers what is queued to `sink` alone; (events, seconds).
+async fn deliver_alone(
+    stack: &Stack,
+    counts: &super::sinks::Sinks,
+    sink: &str,
+    expect: u64,
+    max_secs: u64,
+) -> Result<(u64, f64)> {
+    let before = counts.unique(sink);
+    set_sinks_paused(stack, &[sink], false).await?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(max_secs);
+    loop {
+        let delivered = counts.unique(sink) - before;
+        if delivered >= expect || Instant::now() > deadline {
+            let seconds = started.elapsed().as_secs_f64();
+            set_sinks_paused(stack, &[sink], true).await?;
+            return Ok((delivered, seconds));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Export on vs off on one gateway, alternating round by round (off: every
+/// sink paused and unregistered, so the ledger trigger queues nothing; on:
+/// all four delivering), then each sink's throughput on a backlog, then the
+/// catch-up of a backlog after an outage.
+pub(crate) async fn export(opts: ExportOptions) -> Result<Vec<SummaryRow>> {
+    let load_start = load_average();
+    let (counts, sink_base) = super::sinks::Sinks::start().await?;
+    let dir = tempfile::tempdir()?;
+    let config_path = dir.path().join("tollgate.toml");
+    let root = super::repo_root();
+    let mut config = std::fs::read_to_string(root.join("config/tollgate.toml")).unwrap_or_default();
+    let _ = write!(
+        config,
+        "\n[exports.openmeter]\nurl = \"{sink_base}\"\napi_key = \"k\"\nbatch_size = 2000\nidle_ms = 200\n\
+         [exports.webhook]\nurl = \"{sink_base}/hook\"\nbatch_size = 2000\nidle_ms = 200\n\
+         [exports.lago]\nurl = \"{sink_base}\"\napi_key = \"k\"\ncode = \"llm_usage\"\nbatch_size = 2000\nidle_ms = 200\n\
+         [exports.stripe]\nurl = \"{sink_base}\"\napi_key = \"k\"\nevent_name = \"llm_tokens\"\nbatch_size = 2000\nconcurrency = 16\nidle_ms = 200\n"
+    );
+    std::fs::write(&config_path, config)?;
+    let stack = Stack::start(StackOptions {
+        gateway_env: vec![
+            ("TOLLGATE_CONFIG".into(), config_path.display().to_string()),
+            // The webhook sink signs like the alerts.
+            (
+                "TOLLGATE_ALERTS_SECRET".into(),
+                "bench-signing-secret-0123456789abcdef".into(),
+            ),
+        ],
+        ..StackOptions::default()
+    })
+    .await?;
+    admin_call(
+        &stack,
+        reqwest::Method::PUT,
+        "/admin/tenants/bench",
+        Some(serde_json::json!({"billing": {"openmeter_subject": "bench",
+            "lago_external_subscription_id": "sub_bench", "stripe_customer_id": "cus_bench"}})),
+    )
+    .await?;
+    let targets = endpoints(&stack, "", None);
+    let Some(tollgate) = targets.into_iter().find(|t| t.name == "tollgate") else {
+        bail!("no tollgate endpoint");
+    };
+    run_wrk(stack.work.path(), &tollgate, opts.connections, 1, 1)?;
+    let mut conn = sqlx::PgConnection::connect(&stack.db.url).await?;
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    println!(
+        "export: wrk -t1 -c{} -d{}s, {} rounds off / on",
+        opts.connections, opts.seconds, opts.rounds
+    );
+    for round in 0..opts.rounds {
+        set_sinks_paused(&stack, &SINK_NAMES, true).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        sqlx::query("DELETE FROM export_sinks")
+            .execute(&mut conn)
+            .await?;
+        let a = run_wrk(
+            stack.work.path(),
+            &tollgate,
+            opts.connections,
+            1,
+            opts.seconds,
+        )?;
+        set_sinks_paused(&stack, &SINK_NAMES, false).await?;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let b = run_wrk(
+            stack.work.path(),
+            &tollgate,
+            opts.connections,
+            1,
+            opts.seconds,
+        )?;
+        println!(
+            "  round {round}: export off {:.0} req/s, on {:.0} req/s ({:.2}×)",
+            a.rps,
+            b.rps,
+            b.rps / a.rps.max(1e-9)
+        );
+        off.push(a.rps);
+        on.push(b.rps);
+    }
+    stack.ledger_settled(None).await?;
+    sinks_caught_up(&stack, Duration::from_secs(600)).await?;
+
+    // Throughput per sink on a backlog of `rows`.
+    set_sinks_paused(&stack, &SINK_NAMES, true).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    insert_ledger_rows(&stack.db.url, "t", opts.rows).await?;
+    let mut rates = Vec::new();
+    for sink in SINK_NAMES {
+        let (events, seconds) =
+            deliver_alone(&stack, &counts, sink, opts.rows as u64, opts.max_secs).await?;
+        println!(
+            "  {sink}: {events} events in {seconds:.1} s ({:.0}/s)",
+            events as f64 / seconds
+        );
+        rates.push((sink, events, seconds));
+    }
+    // Catch-up after an outage: OpenMeter paused while `catchup_rows` queue.
+    let queued_at = Instant::now();
+    insert_ledger_rows(&stack.db.url, "c", opts.catchup_rows).await?;
+    let queue_secs = queued_at.elapsed().as_secs_f64();
+    let (caught, catchup_secs) = deliver_alone(
+        &stack,
+        &counts,
+        "openmeter",
+        opts.catchup_rows as u64,
+        3_600,
+    )
+    .await?;
+    let received = counts.received("openmeter");
+    let unique = counts.unique("openmeter");
+    drop(conn);
+    stack.stop().await?;
+
+    let sum = |v: &[f64]| v.iter().sum::<f64>();
+    let ratio = sum(&on) / sum(&off).max(1e-9);
+    let mut md = String::new();
+    let _ = writeln!(md, "## Billing export\n");
+    let _ = writeln!(md, "{}\n", machine_line(&load_start));
+    let _ = writeln!(md, "`{}`\n", this_command());
+    let _ = writeln!(
+        md,
+        "One gateway with all four sinks configured against a local counting stand-in \
+         (src/bin/bench/sinks.rs). Serving: wrk -t1 -c{} -d{}s, rounds alternating export off \
+         (every sink paused and unregistered: the ledger trigger queues nothing) and on (all four \
+         sinks delivering while serving).\n",
+        opts.connections, opts.seconds
+    );
+    md.push_str("| round | export off req/s | export on req/s | ratio |\n|---:|---:|---:|---:|\n");
+    for (i, (a, b)) in off.iter().zip(&on).enumerate() {
+        let _ = writeln!(md, "| {i} | {a:.0} | {b:.0} | {:.2} |", b / a.max(1e-9));
+    }
+    let _ = writeln!(md, "\nOn / off over all rounds: **{ratio:.2}×**.\n");
+    let _ = writeln!(
+        md,
+        "Throughput per sink, each alone on a backlog of {} rows (Lago 100 events per request, \
+         Stripe one per request with 16 in flight, at most {} s each):\n",
+        opts.rows, opts.max_secs
+    );
+    md.push_str("| sink | events | seconds | events/s |\n|---|---:|---:|---:|\n");
+    for (sink, events, seconds) in &rates {
+        let _ = writeln!(
+            md,
+            "| {sink} | {events} | {seconds:.1} | {:.0} |",
+            *events as f64 / seconds
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nCatch-up: {} rows queued while OpenMeter was paused (queued in {queue_secs:.0} s), \
+         delivered in **{catchup_secs:.0} s** ({:.0} events/s; {caught} delivered). OpenMeter \
+         stand-in over the whole run: {received} events received, {unique} unique.",
+        opts.catchup_rows,
+        caught as f64 / catchup_secs.max(1e-9)
+    );
+    println!("\n{md}");
+    if opts.write_md && !opts.smoke {
+        write_section("export", &md)?;
+    }
+    let check = |ok: bool| (!opts.smoke).then_some(ok);
+    let mut rows = vec![SummaryRow::new(
+        "export on vs off",
+        format!("{ratio:.2}× the export-off saturation"),
+        "≥ 0.9×",
+        check(ratio >= 0.9),
+    )];
+    for (sink, events, seconds) in &rates {
+        rows.push(SummaryRow::new(
+            &format!("export {sink}"),
+            format!("{:.0} events/s", *events as f64 / seconds),
+            "-",
+            None,
+        ));
+    }
+    rows.push(SummaryRow::new(
+        "export catch-up",
+        format!("{} rows in {catchup_secs:.0} s", opts.catchup_rows),
+        "1M rows",
+        check(caught as i64 >= opts.catchup_rows),
+    ));
+    Ok(rows)
+}

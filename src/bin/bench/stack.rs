@@ -25,6 +25,8 @@ pub(crate) struct StackOptions {
     pub gateway_wrapper: Vec<String>,
     /// Do not start the gateway at all (the ledger harness needs only the database).
     pub no_gateway: bool,
+    /// Extra environment of `tollgate serve` (e.g. `TOLLGATE_CONFIG`).
+    pub gateway_env: Vec<(String, String)>,
 }
 
 /// Mock + gateway + database; children are killed before the database is dropped.
@@ -156,7 +158,8 @@ impl Stack {
                 .env("TOLLGATE_UPSTREAM_URL", format!("{mock_base}/v1"))
                 .env("TOLLGATE_UPSTREAM_KEY", UPSTREAM_KEY)
                 .env("TOLLGATE_SPOOL_DIR", work.path().join("spool"))
-                .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN);
+                .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+                .envs(options.gateway_env.iter().map(|(k, v)| (k, v)));
             let serve = wrap(&options.gateway_wrapper, &serve);
             let serve = if options.raise_fds {
                 with_fd_limit(&serve)

@@ -34,7 +34,7 @@ mod detect;
 mod event;
 mod outbox;
 
-pub use event::DRIFT_EVENT_TYPE;
+pub use event::{signature, DRIFT_EVENT_TYPE, SIGNATURE_HEADER};
 pub use outbox::{record_drift, retarget_drift};
 
 use std::collections::HashSet;
