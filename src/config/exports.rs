@@ -103,11 +103,8 @@ impl ExportsConfig {
             ("webhook", &mut self.webhook),
         ] {
             if let Some(sink) = sink {
-                sink.api_key = super::resolve_secret(
-                    &sink.api_key,
-                    &format!("exports.{name}.api_key"),
-                    env,
-                )?;
+                sink.api_key =
+                    super::resolve_secret(&sink.api_key, &format!("exports.{name}.api_key"), env)?;
             }
         }
         Ok(())

@@ -17,9 +17,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::ToSchema;
 
-use crate::config::exports::{ExportsConfig, SINKS};
 use super::outbox::{self, Billing, Cursor, Listed};
 use crate::admin::require_admin;
+use crate::config::exports::{ExportsConfig, SINKS};
 use crate::error::ApiError;
 use crate::state::AppState;
 

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use crate::config::exports::SinkConfig;
 use super::event::ExportRow;
 use super::{lago, openmeter, stripe, webhook};
+use crate::config::exports::SinkConfig;
 use crate::config::Secret;
 
 /// One ledger row bound for a sink, with the tenant's id in that sink.
