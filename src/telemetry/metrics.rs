@@ -109,6 +109,14 @@ fn describe() {
     );
     describe_counter!(WRITE_ERRORS, "Ledger batch inserts that failed.");
     describe_counter!(
+        "tollgate_connections_shed_total",
+        "Client connections closed at the connection cap to make room, by what they were doing (head_pending, idle_keep_alive, websocket_idle)."
+    );
+    describe_counter!(
+        "tollgate_connections_refused_total",
+        "Client connections answered 503 at the cap: every connection had a request under way."
+    );
+    describe_counter!(
         LIMIT_REJECTIONS,
         "Requests refused by a budget or rate limit, by scope and reason."
     );
