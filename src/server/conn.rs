@@ -298,7 +298,8 @@ async fn handle(
     let request = request.map(|body| {
         Body::new(TimedBody {
             inner: body,
-            deadline: Box::pin(tokio::time::sleep(body_timeout)),
+            due: tokio::time::Instant::now() + body_timeout,
+            deadline: None,
             timed_out: timed_out.clone(),
         })
     });
@@ -346,10 +347,13 @@ fn body_timeout_response(limit: Duration) -> Response {
     response
 }
 
-/// A request body that fails once its deadline passes before its end.
+/// A request body that fails once its deadline passes before its end. The
+/// timer is set only when the body is not there yet: one that arrived with
+/// its head (the common case) costs no timer.
 struct TimedBody {
     inner: Incoming,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    due: tokio::time::Instant,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     timed_out: Arc<AtomicBool>,
 }
 
@@ -365,7 +369,11 @@ impl http_body::Body for TimedBody {
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        if this.deadline.as_mut().poll(cx).is_ready() {
+        let due = this.due;
+        let deadline = this
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        if deadline.as_mut().poll(cx).is_ready() {
             this.timed_out.store(true, Ordering::Release);
             return Poll::Ready(Some(Err("request body read timeout".into())));
         }
