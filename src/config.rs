@@ -241,6 +241,11 @@ pub struct ServerConfig {
     /// Open client connections at most; one over it is answered 503 with
     /// `retry-after` and closed. Lowered at start to fit the open-files limit.
     pub max_connections: usize,
+    /// How long an upgraded WebSocket may go with no response under way.
+    pub websocket_idle_timeout_secs: u64,
+    /// How long a WebSocket may stay open; past it, it is closed once its
+    /// response under way (if any) ends.
+    pub websocket_max_lifetime_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -250,6 +255,8 @@ impl Default for ServerConfig {
             body_read_timeout_secs: 60,
             idle_timeout_secs: 60,
             max_connections: 8_192,
+            websocket_idle_timeout_secs: 300,
+            websocket_max_lifetime_secs: 86_400,
         }
     }
 }
@@ -691,7 +698,7 @@ impl Config {
     fn validate_bounds(&self) -> Result<(), ConfigError> {
         let s = &self.server;
         let d = &self.database;
-        let at_least_one: [(&str, u64); 10] = [
+        let at_least_one: [(&str, u64); 12] = [
             (
                 "server.header_read_timeout_secs",
                 s.header_read_timeout_secs,
@@ -699,6 +706,14 @@ impl Config {
             ("server.body_read_timeout_secs", s.body_read_timeout_secs),
             ("server.idle_timeout_secs", s.idle_timeout_secs),
             ("server.max_connections", s.max_connections as u64),
+            (
+                "server.websocket_idle_timeout_secs",
+                s.websocket_idle_timeout_secs,
+            ),
+            (
+                "server.websocket_max_lifetime_secs",
+                s.websocket_max_lifetime_secs,
+            ),
             (
                 "database.ledger_max_connections",
                 d.ledger_max_connections.into(),

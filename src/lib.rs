@@ -9,6 +9,7 @@
 //! [`state`] sits below every handler.
 
 pub mod config;
+pub mod connection;
 pub mod error;
 pub mod telemetry;
 

@@ -15,6 +15,7 @@
 
 mod accept;
 mod conn;
+mod registry;
 
 use std::future::Future;
 use std::sync::Arc;

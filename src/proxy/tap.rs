@@ -116,7 +116,13 @@ pub struct MeteredBody {
     meter: Option<Meter>,
     http_status: u16,
     first_byte_at: Option<DateTime<Utc>>,
-    timer: Pin<Box<Sleep>>,
+    /// When the upstream's silence runs out: moved on by every frame that is
+    /// progress. The timer is set only when the body has to wait, and moved
+    /// only when it fires early: a body that arrives whole (a non-streaming
+    /// answer) never touches the timer wheel, a stream touches it about once
+    /// per wait rather than once per frame.
+    due: Instant,
+    timer: Option<Pin<Box<Sleep>>>,
     settings: TapSettings,
     client_gone: bool,
 }
@@ -135,9 +141,29 @@ impl MeteredBody {
             meter: Some(meter),
             http_status,
             first_byte_at: None,
-            timer: Box::pin(tokio::time::sleep(settings.idle)),
+            due: Instant::now() + settings.idle,
+            timer: None,
             settings,
             client_gone: false,
+        }
+    }
+
+    /// Polls the silence timer (set, or moved to `due`, as needed); true
+    /// once `due` has passed.
+    fn silence_ran_out(&mut self, cx: &mut Context<'_>) -> bool {
+        let due = self.due;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if Instant::now() >= due {
+                return true;
+            }
+            // Fired for an earlier deadline: progress came since.
+            timer.as_mut().reset(due);
         }
     }
 
@@ -273,9 +299,7 @@ impl Body for MeteredBody {
                     let keep_alive =
                         matches!(this.observer, Observer::Sse(_)) && comments_only(data);
                     if !keep_alive {
-                        this.timer
-                            .as_mut()
-                            .reset(Instant::now() + this.settings.idle);
+                        this.due = Instant::now() + this.settings.idle;
                     }
                 }
                 if this.inner.as_ref().is_some_and(Body::is_end_stream) {
@@ -291,13 +315,13 @@ impl Body for MeteredBody {
                 this.finish(End::Complete);
                 Poll::Ready(None)
             }
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => {
+            Poll::Pending => {
+                if this.silence_ran_out(cx) {
                     this.finish(End::Timeout);
-                    Poll::Ready(Some(Err(Box::new(IdleTimeout))))
+                    return Poll::Ready(Some(Err(Box::new(IdleTimeout))));
                 }
-                Poll::Pending => Poll::Pending,
-            },
+                Poll::Pending
+            }
         }
     }
 
@@ -335,9 +359,8 @@ impl Drop for MeteredBody {
             first_byte_at: self.first_byte_at,
             // The drain's overall bound (below) is its deadline; the idle
             // timer starts past it so the two do not race to end it.
-            timer: Box::pin(tokio::time::sleep(
-                self.settings.drain_for + self.settings.idle,
-            )),
+            due: Instant::now() + self.settings.drain_for + self.settings.idle,
+            timer: None,
             settings: TapSettings {
                 policy: DisconnectPolicy::Abort,
                 ..self.settings.clone()

@@ -9,6 +9,10 @@
 //! (and is metered as rejected by that path). Responses run one after another
 //! on a connection; a socket closed mid-response drops the streaming body,
 //! which the metered body records like a client that left a stream.
+//! The connection's [`Activity`] (from the edge) hears when a response is
+//! under way (never shed then) and asks the bridge to close an idle socket
+//! (idle or lifetime timeout, shed at the connection cap, shutdown): the
+//! bridge then sends a close frame (1001, going away) and ends.
 //! `stream_id` (the WebSocket lane, not part of a POST) is taken out of the
 //! forwarded body and echoed on every event of its response; responses run
 //! in arrival order, which keeps every lane first-in first-out.
@@ -17,10 +21,11 @@
 //! is spliced in front of the event's own bytes).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Extension, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -28,31 +33,54 @@ use http_body_util::BodyExt;
 
 use super::tools::indexmap_free::Members;
 use super::{authorization, refused, routed, Routed};
+use crate::connection::Activity;
 use crate::error::ApiError;
 use crate::state::AppState;
 
 /// `GET /v1/responses` upgraded to a WebSocket.
 pub async fn connect(
     State(state): State<Arc<AppState>>,
+    activity: Option<Extension<Arc<Activity>>>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     if let Err(err) = state.auth.authenticate(authorization(&headers)).await {
         return err.into_response();
     }
-    upgrade.on_upgrade(move |socket| serve(state, headers, socket))
+    // Served outside the edge (a router under test): nobody asks it to close.
+    let activity = activity.map_or_else(|| Arc::new(Activity::default()), |a| a.0);
+    upgrade.on_upgrade(move |socket| serve(state, headers, socket, activity))
 }
 
-async fn serve(state: Arc<AppState>, headers: HeaderMap, mut socket: WebSocket) {
+/// Longest wait for a close frame to go out to a peer that reads nothing.
+const CLOSE_SEND_TIME: Duration = Duration::from_secs(1);
+
+async fn serve(
+    state: Arc<AppState>,
+    headers: HeaderMap,
+    mut socket: WebSocket,
+    activity: Arc<Activity>,
+) {
     let mut pending: Option<Message> = None;
     loop {
         let message = match pending.take() {
             Some(message) => message,
-            None => match socket.recv().await {
-                Some(Ok(message)) => message,
-                _ => return,
+            None => tokio::select! {
+                received = socket.recv() => match received {
+                    Some(Ok(message)) => message,
+                    _ => return,
+                },
+                () = activity.closed() => {
+                    let close = Message::Close(Some(CloseFrame {
+                        code: 1001,
+                        reason: "idle".into(),
+                    }));
+                    let _ = tokio::time::timeout(CLOSE_SEND_TIME, socket.send(close)).await;
+                    return;
+                }
             },
         };
+        let _under_way = activity.begin_request();
         let text = match message {
             Message::Text(text) => text,
             Message::Close(_) => return,

@@ -1,7 +1,13 @@
 //! The accept loop: takes connections off the listener until shutdown, one
 //! task each, under a cap on open connections.
 //!
-//! Over the cap a connection is still accepted, answered with a short 503
+//! At the cap, room is made first ([`Registry::shed_one`]): the oldest
+//! connection that has not finished a request head is closed, else the oldest
+//! idle keep-alive, else the oldest idle WebSocket, and the newcomer waits
+//! (up to [`SHED_WAIT`]) for the place it frees. Only when every connection
+//! has a request under way is a newcomer refused.
+//!
+//! Refused, a connection is still accepted, answered with a short 503
 //! (`retry-after: 1`) and closed ([`conn::refuse`]), rather than left in the
 //! kernel's backlog: a client learns at once that it should come back, and
 //! the descriptors it holds are ours for at most a second. Refusals under
@@ -21,11 +27,20 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{self, Limits};
+use super::conn::{self, Limits, Place};
+use super::registry::Registry;
+use crate::connection::Activity;
 use crate::state::AppState;
 
 /// Refusals being written at once, at most.
 const REFUSALS_IN_FLIGHT: usize = 256;
+
+/// Newcomers waiting for the place of a connection shed for them, at most.
+const WAITING_FOR_SHED: usize = 1_024;
+
+/// How long a newcomer waits for the place of the connection shed for it
+/// before it is refused.
+const SHED_WAIT: Duration = Duration::from_secs(1);
 
 /// Descriptors kept out of the connection cap: database pools, the spool,
 /// the upstream connections of the requests under way, logs.
@@ -36,7 +51,9 @@ pub struct Edge {
     limits: Limits,
     stop: CancellationToken,
     open: Arc<Semaphore>,
+    registry: Arc<Registry>,
     refusing: Arc<Semaphore>,
+    waiting: Arc<Semaphore>,
 }
 
 impl Edge {
@@ -47,7 +64,9 @@ impl Edge {
             limits: Limits::new(&state.config.server),
             stop,
             open: Arc::new(Semaphore::new(cap)),
+            registry: Registry::new(cap),
             refusing: Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT)),
+            waiting: Arc::new(Semaphore::new(WAITING_FOR_SHED)),
         }
     }
 
@@ -71,13 +90,24 @@ impl Edge {
         // Nagle would hold back small SSE frames.
         let _ = tcp.set_nodelay(true);
         if let Ok(permit) = self.open.clone().try_acquire_owned() {
-            connections.spawn(conn::serve(
-                tcp,
-                permit,
-                self.router.clone(),
-                self.limits,
-                self.stop.clone(),
-            ));
+            connections.spawn(self.server().serve(tcp, permit));
+            return;
+        }
+        if let Some(waiting) = self.make_room() {
+            let open = self.open.clone();
+            let serve = self.server();
+            connections.spawn(async move {
+                match tokio::time::timeout(SHED_WAIT, open.acquire_owned()).await {
+                    Ok(Ok(permit)) => {
+                        drop(waiting);
+                        serve.serve(tcp, permit).await;
+                    }
+                    _ => {
+                        metrics::counter!("tollgate_connections_refused_total").increment(1);
+                        conn::refuse(tcp).await;
+                    }
+                }
+            });
             return;
         }
         metrics::counter!("tollgate_connections_refused_total").increment(1);
@@ -90,6 +120,53 @@ impl Edge {
             }
             Err(_) => drop(tcp),
         }
+    }
+
+    /// Sheds one connection for a newcomer; its place in the queue for the
+    /// freed permit, or `None` when nothing can be shed (or too many wait).
+    fn make_room(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let waiting = self.waiting.clone().try_acquire_owned().ok()?;
+        let shed = self.registry.shed_one()?;
+        metrics::counter!("tollgate_connections_shed_total", "reason" => shed.label()).increment(1);
+        Some(waiting)
+    }
+
+    fn server(&self) -> Server {
+        Server {
+            registry: self.registry.clone(),
+            router: self.router.clone(),
+            limits: self.limits,
+            stop: self.stop.clone(),
+        }
+    }
+}
+
+/// What serving one connection needs.
+struct Server {
+    registry: Arc<Registry>,
+    router: Router,
+    limits: Limits,
+    stop: CancellationToken,
+}
+
+impl Server {
+    /// Registers the connection (it takes its place) and serves it.
+    async fn serve(self, tcp: tokio::net::TcpStream, permit: tokio::sync::OwnedSemaphorePermit) {
+        let activity = Arc::new(Activity::default());
+        let place = Place {
+            _permit: permit,
+            _registered: self.registry.register(activity.clone()),
+            activity,
+        };
+        conn::serve(
+            tcp,
+            place,
+            self.registry,
+            self.router,
+            self.limits,
+            self.stop,
+        )
+        .await;
     }
 }
 

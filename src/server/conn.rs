@@ -5,7 +5,15 @@
 //!   request head has been arriving for longer than the header timeout (a
 //!   half-sent header), or nothing at all has arrived for longer than the
 //!   idle timeout (a parked keep-alive). hyper's own header timer is off: it
-//!   starts while the connection is idle too, so it cannot tell the two apart;
+//!   starts while the connection is idle too, so it cannot tell the two apart.
+//!   While the open connections are at 90 % of the cap or more, a head gets
+//!   [`PRESSED_HEAD_TIME`] at most;
+//! * a connection the cap sheds ([`super::registry`]) is closed at once (or,
+//!   should a request have begun meanwhile, after it);
+//! * an upgraded WebSocket is watched on while its own task serves it: with
+//!   no response under way for `websocket_idle_timeout_secs`, or past
+//!   `websocket_max_lifetime_secs` once its response ends, the bridge is
+//!   asked to close it;
 //! * a request body still arriving `body_read_timeout_secs` after its
 //!   headers is cut: the handler's read fails (its meter records it), and
 //!   the client gets 408 with `connection: close`;
@@ -17,10 +25,10 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Request, StatusCode};
@@ -34,10 +42,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tower::ServiceExt;
 
+use super::registry::{Registered, Registry};
 use crate::config::ServerConfig;
+use crate::connection::{self, Activity, State};
 use crate::error::{ApiError, ErrorSource};
 
 /// The timeouts of one connection.
@@ -46,6 +56,8 @@ pub struct Limits {
     pub header: Duration,
     pub body: Duration,
     pub idle: Duration,
+    pub websocket_idle: Duration,
+    pub websocket_lifetime: Duration,
 }
 
 impl Limits {
@@ -54,100 +66,59 @@ impl Limits {
             header: Duration::from_secs(config.header_read_timeout_secs),
             body: Duration::from_secs(config.body_read_timeout_secs),
             idle: Duration::from_secs(config.idle_timeout_secs),
+            websocket_idle: Duration::from_secs(config.websocket_idle_timeout_secs),
+            websocket_lifetime: Duration::from_secs(config.websocket_max_lifetime_secs),
         }
     }
 }
 
-/// What the watchdog knows of a connection.
-struct Activity {
-    epoch: Instant,
-    /// Requests whose response has not been written out yet.
-    in_flight: AtomicUsize,
-    /// Bytes arrived since the connection last became idle: a head is coming.
-    reading_head: AtomicBool,
-    /// When the current phase (idle, or reading a head) began, in ms since
-    /// `epoch`.
-    since_ms: AtomicU64,
-}
+/// How long a request head may take (from the connection's first byte, or
+/// from its accept if it sends nothing) while open connections are at 90 %
+/// of the cap or more.
+pub const PRESSED_HEAD_TIME: Duration = Duration::from_secs(1);
 
-enum Phase {
-    Busy,
-    Idle(Duration),
-    ReadingHead(Duration),
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            epoch: Instant::now(),
-            in_flight: AtomicUsize::new(0),
-            reading_head: AtomicBool::new(false),
-            since_ms: AtomicU64::new(0),
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    fn on_read(&self) {
-        if self.in_flight.load(Ordering::Acquire) == 0
-            && !self.reading_head.swap(true, Ordering::AcqRel)
-        {
-            self.since_ms.store(self.now_ms(), Ordering::Release);
-        }
-    }
-
-    fn begin_request(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.reading_head.store(false, Ordering::Release);
-        InFlight(self.clone())
-    }
-
-    fn phase(&self) -> Phase {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return Phase::Busy;
-        }
-        let since = Duration::from_millis(self.since_ms.load(Ordering::Acquire));
-        if self.reading_head.load(Ordering::Acquire) {
-            Phase::ReadingHead(since)
-        } else {
-            Phase::Idle(since)
-        }
-    }
-}
-
-/// Held by a request until its response body is written out (or dropped).
-struct InFlight(Arc<Activity>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let activity = &self.0;
-        if activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            activity
-                .since_ms
-                .store(activity.now_ms(), Ordering::Release);
-        }
-    }
-}
-
-/// Resolves when the connection has outstayed the timeout of its phase.
-async fn watchdog(activity: &Activity, limits: Limits) {
+/// Resolves when the connection has outstayed the timeout of its state (an
+/// upgraded WebSocket also its lifetime, once no response is under way).
+async fn watchdog(activity: &Activity, limits: Limits, registry: &Registry) {
     loop {
-        let deadline = match activity.phase() {
-            Phase::Busy => None,
-            Phase::Idle(since) => Some(since + limits.idle),
-            Phase::ReadingHead(since) => Some(since + limits.header),
+        let (state, since) = activity.state();
+        let limit = match state {
+            State::Active => None,
+            State::HeadPending if registry.pressed() => {
+                Some(head_limit(activity, limits).min(PRESSED_HEAD_TIME))
+            }
+            State::HeadPending => Some(head_limit(activity, limits)),
+            State::Idle => Some(limits.idle),
+            State::WebSocketIdle => Some(limits.websocket_idle),
         };
-        let now = activity.epoch.elapsed();
-        let wait = match deadline {
+        let mut deadline = limit.map(|limit| since + limit);
+        if state != State::Active && activity.is_websocket() {
+            let end = activity.opened() + limits.websocket_lifetime;
+            deadline = Some(deadline.map_or(end, |d| d.min(end)));
+        }
+        let now = connection::now();
+        let mut wait = match deadline {
             Some(deadline) if deadline <= now => return,
             Some(deadline) => deadline - now,
-            // A request is under way; look again when the shorter of the two
+            // A request is under way; look again when the shorter of the
             // timeouts could first run out after it ends.
-            None => limits.header.min(limits.idle),
+            None => limits.header.min(limits.idle).min(limits.websocket_idle),
         };
+        if state == State::HeadPending {
+            // Notice soon when the connections come near the cap.
+            wait = wait.min(PRESSED_HEAD_TIME);
+        }
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// A head under way gets the header timeout; a connection that sent nothing
+/// yet, the idle timeout.
+fn head_limit(activity: &Activity, limits: Limits) -> Duration {
+    if activity.head_arriving() {
+        limits.header
+    } else {
+        limits.idle
     }
 }
 
@@ -157,7 +128,18 @@ async fn watchdog(activity: &Activity, limits: Limits) {
 struct Watched {
     io: TcpStream,
     activity: Arc<Activity>,
-    _permit: OwnedSemaphorePermit,
+    _place: Place,
+    /// Tells the connection's task that the socket is gone (an upgraded
+    /// WebSocket's ends in another task).
+    _gone: DropGuard,
+}
+
+/// A connection's place: its permit under the cap and its entry in the
+/// registry, held for as long as the socket lives.
+pub struct Place {
+    pub _permit: OwnedSemaphorePermit,
+    pub _registered: Registered,
+    pub activity: Arc<Activity>,
 }
 
 impl AsyncRead for Watched {
@@ -205,21 +187,25 @@ impl AsyncWrite for Watched {
     }
 }
 
-/// Serves `tcp` until the client closes it, a timeout closes it, or `stop`
-/// asks for a graceful end (the request under way finishes, then it closes).
-/// Dropping this future drops the connection and its requests.
+/// Serves `tcp` until the client closes it, a timeout closes it, the cap
+/// sheds it, or `stop` asks for a graceful end (the request under way
+/// finishes, then it closes). An upgraded WebSocket is watched on until it
+/// ends. Dropping this future drops the connection and its requests.
 pub async fn serve(
     tcp: TcpStream,
-    permit: OwnedSemaphorePermit,
+    place: Place,
+    registry: Arc<Registry>,
     router: Router,
     limits: Limits,
     stop: CancellationToken,
 ) {
-    let activity = Arc::new(Activity::new());
+    let activity = place.activity.clone();
+    let gone = CancellationToken::new();
     let io = TokioIo::new(Watched {
         io: tcp,
         activity: activity.clone(),
-        _permit: permit,
+        _place: place,
+        _gone: gone.clone().drop_guard(),
     });
     let service = {
         let activity = activity.clone();
@@ -234,16 +220,59 @@ pub async fn serve(
         .keep_alive(true);
     let conn = builder.serve_connection(io, service).with_upgrades();
     let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => log_end(result),
-        () = watchdog(&activity, limits) => tracing::debug!("closing a connection past its header or idle timeout"),
-        () = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            tokio::select! {
-                result = conn.as_mut() => log_end(result),
-                () = watchdog(&activity, limits) => {}
+    let graceful = tokio::select! {
+        result = conn.as_mut() => {
+            log_end(result);
+            false
+        }
+        () = watchdog(&activity, limits, &registry) => {
+            tracing::debug!("closing a connection past its header or idle timeout");
+            return;
+        }
+        // Shed at the cap: only a connection with no request under way is
+        // asked, but one may have begun since.
+        () = activity.closed() => activity.state().0 == State::Active,
+        () = stop.cancelled() => true,
+    };
+    if graceful {
+        conn.as_mut().graceful_shutdown();
+        tokio::select! {
+            result = conn.as_mut() => log_end(result),
+            () = watchdog(&activity, limits, &registry) => {}
+        }
+    }
+    if activity.is_websocket() {
+        watch_websocket(&activity, limits, &registry, &stop, &gone).await;
+    }
+}
+
+/// Bounds an upgraded WebSocket (served by its own task): closed once idle
+/// too long or past its lifetime, or at shutdown once no response is under
+/// way. Returns when the socket is gone.
+async fn watch_websocket(
+    activity: &Activity,
+    limits: Limits,
+    registry: &Registry,
+    stop: &CancellationToken,
+    gone: &CancellationToken,
+) {
+    let bounded = async {
+        tokio::select! {
+            () = watchdog(activity, limits, registry) => {}
+            () = stop.cancelled() => {
+                while activity.state().0 == State::Active {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
         }
+        activity.close();
+        // The bridge answers with a close frame; a peer that never reads it
+        // is cut when the bridge gives up on it.
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        () = gone.cancelled() => {}
+        () = bounded => {}
     }
 }
 
@@ -261,10 +290,16 @@ async fn handle(
 ) -> Result<Response, Infallible> {
     let in_flight = activity.begin_request();
     let timed_out = Arc::new(AtomicBool::new(false));
+    let mut request = request;
+    if request.headers().contains_key(header::UPGRADE) {
+        // A WebSocket bridge reports its responses and idles here.
+        request.extensions_mut().insert(activity.clone());
+    }
     let request = request.map(|body| {
         Body::new(TimedBody {
             inner: body,
-            deadline: Box::pin(tokio::time::sleep(body_timeout)),
+            due: tokio::time::Instant::now() + body_timeout,
+            deadline: None,
             timed_out: timed_out.clone(),
         })
     });
@@ -277,6 +312,9 @@ async fn handle(
     } else {
         response
     };
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        activity.upgraded();
+    }
     // The request counts as under way until its body is written out: a long
     // stream is not an idle connection.
     Ok(response.map(|body| {
@@ -309,10 +347,13 @@ fn body_timeout_response(limit: Duration) -> Response {
     response
 }
 
-/// A request body that fails once its deadline passes before its end.
+/// A request body that fails once its deadline passes before its end. The
+/// timer is set only when the body is not there yet: one that arrived with
+/// its head (the common case) costs no timer.
 struct TimedBody {
     inner: Incoming,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    due: tokio::time::Instant,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     timed_out: Arc<AtomicBool>,
 }
 
@@ -328,7 +369,11 @@ impl http_body::Body for TimedBody {
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        if this.deadline.as_mut().poll(cx).is_ready() {
+        let due = this.due;
+        let deadline = this
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        if deadline.as_mut().poll(cx).is_ready() {
             this.timed_out.store(true, Ordering::Release);
             return Poll::Ready(Some(Err("request body read timeout".into())));
         }

@@ -11,9 +11,9 @@
 //!
 //! Never the record of money: counters are `f64`, the ledger is exact.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -53,10 +53,11 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// The label for rows whose model never reached routing.
 const OTHER_MODEL: &str = "other";
 
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
 /// Installs the recorder once per process; `None` when another recorder was
 /// installed first (then `/metrics` answers 500).
 pub fn handle() -> Option<&'static PrometheusHandle> {
-    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
@@ -114,6 +115,14 @@ fn describe() {
     );
     describe_counter!(WRITE_ERRORS, "Ledger batch inserts that failed.");
     describe_counter!(
+        "tollgate_connections_shed_total",
+        "Client connections closed at the connection cap to make room, by what they were doing (head_pending, idle_keep_alive, websocket_idle)."
+    );
+    describe_counter!(
+        "tollgate_connections_refused_total",
+        "Client connections answered 503 at the cap: every connection had a request under way."
+    );
+    describe_counter!(
         LIMIT_REJECTIONS,
         "Requests refused by a budget or rate limit, by scope and reason."
     );
@@ -153,20 +162,30 @@ fn describe() {
 
 /// Everything one finished request contributes: its count, tokens, cost and
 /// latencies. Called once per ledger row, when it is handed to the writer.
+/// The handles of a label set are registered once ([`row_handles`]): a row
+/// then costs a few atomic adds, not label strings and registry look-ups.
 pub fn record_row(row: &LedgerRow) {
     let model = model_label(row);
-    let endpoint = row.endpoint.clone();
-    metrics::counter!(REQUESTS, "endpoint" => endpoint.clone(), "status" => row.status.clone(), "model" => model.clone())
-        .increment(1);
-    for (kind, tokens) in [
-        ("input", row.input_tokens),
-        ("cached_input", row.cached_tokens),
-        ("output", row.output_tokens),
-        ("reasoning", row.reasoning_tokens),
-    ] {
+    // Before our recorder is installed there is nothing to record into.
+    let Some(handles) = row_handles(&row.endpoint, &row.status, model) else {
+        return;
+    };
+    handles.requests.increment(1);
+    for (i, tokens) in [
+        row.input_tokens,
+        row.cached_tokens,
+        row.output_tokens,
+        row.reasoning_tokens,
+    ]
+    .into_iter()
+    .enumerate()
+    {
         if let Ok(tokens) = u64::try_from(tokens) {
             if tokens > 0 {
-                metrics::counter!(TOKENS, "model" => model.clone(), "type" => kind)
+                handles.tokens[i]
+                    .get_or_init(|| {
+                        metrics::counter!(TOKENS, "model" => model.to_owned(), "type" => TOKEN_TYPES[i])
+                    })
                     .increment(tokens);
             }
         }
@@ -175,11 +194,63 @@ pub fn record_row(row: &LedgerRow) {
         add_cost(model, cost);
     }
     if let Ok(elapsed) = (row.finished_at - row.started_at).to_std() {
-        metrics::histogram!(REQUEST_DURATION, "endpoint" => endpoint.clone()).record(elapsed);
+        handles.duration.record(elapsed);
     }
     if let Some(Ok(first)) = row.first_byte_at.map(|at| (at - row.started_at).to_std()) {
-        metrics::histogram!(TIME_TO_FIRST_BYTE, "endpoint" => endpoint).record(first);
+        handles.first_byte.record(first);
     }
+}
+
+/// The `type` label of each token counter, in the order of [`RowHandles::tokens`].
+const TOKEN_TYPES: [&str; 4] = ["input", "cached_input", "output", "reasoning"];
+
+/// The metric handles of one (endpoint, status, model) label set. Token
+/// counters are registered at their first non-zero count, so a type never
+/// seen shows no series.
+struct RowHandles {
+    requests: metrics::Counter,
+    tokens: [OnceLock<metrics::Counter>; 4],
+    duration: metrics::Histogram,
+    first_byte: metrics::Histogram,
+}
+
+type ByModel = HashMap<String, Arc<RowHandles>>;
+
+/// endpoint → status → model → handles (every level a bounded set; see the
+/// module's label policy). `None` when our recorder is not the one installed
+/// (handles registered then would stay no-ops).
+fn row_handles(endpoint: &str, status: &str, model: &str) -> Option<Arc<RowHandles>> {
+    static HANDLES: OnceLock<RwLock<HashMap<String, HashMap<String, ByModel>>>> = OnceLock::new();
+    // Handles registered before our recorder is installed would stay no-ops.
+    HANDLE.get()?.as_ref()?;
+    let map = HANDLES.get_or_init(RwLock::default);
+    let found = map
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .get(endpoint)
+        .and_then(|by_status| by_status.get(status))
+        .and_then(|by_model| by_model.get(model))
+        .cloned();
+    if found.is_some() {
+        return found;
+    }
+    let mut map = map.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let entry = map
+        .entry(endpoint.to_owned())
+        .or_default()
+        .entry(status.to_owned())
+        .or_default()
+        .entry(model.to_owned())
+        .or_insert_with(|| {
+            let (endpoint, status, model) = (endpoint.to_owned(), status.to_owned(), model.to_owned());
+            Arc::new(RowHandles {
+                requests: metrics::counter!(REQUESTS, "endpoint" => endpoint.clone(), "status" => status, "model" => model),
+                tokens: Default::default(),
+                duration: metrics::histogram!(REQUEST_DURATION, "endpoint" => endpoint.clone()),
+                first_byte: metrics::histogram!(TIME_TO_FIRST_BYTE, "endpoint" => endpoint),
+            })
+        });
+    Some(entry.clone())
 }
 
 /// Cost per model label, summed exactly. The `metrics` crate's counters are
@@ -189,12 +260,16 @@ fn costs() -> &'static Mutex<BTreeMap<String, Decimal>> {
     COSTS.get_or_init(Mutex::default)
 }
 
-fn add_cost(model: String, cost: Decimal) {
+fn add_cost(model: &str, cost: Decimal) {
     let mut costs = costs()
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let sum = costs.entry(model).or_default();
-    *sum = sum.saturating_add(cost);
+    match costs.get_mut(model) {
+        Some(sum) => *sum = sum.saturating_add(cost),
+        None => {
+            costs.insert(model.to_owned(), cost);
+        }
+    }
 }
 
 /// The Prometheus text exposition: the recorder's metrics, then the exact
@@ -301,9 +376,9 @@ pub fn publish_default_partition_rows(rows: i64) {
     metrics::gauge!(DEFAULT_PARTITION_ROWS).set(rows as f64);
 }
 
-fn model_label(row: &LedgerRow) -> String {
+fn model_label(row: &LedgerRow) -> &str {
     match &row.model {
-        Some(model) if row.upstream.is_some() || row.price_id.is_some() => model.clone(),
-        _ => OTHER_MODEL.to_owned(),
+        Some(model) if row.upstream.is_some() || row.price_id.is_some() => model,
+        _ => OTHER_MODEL,
     }
 }

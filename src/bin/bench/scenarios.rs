@@ -105,6 +105,11 @@ struct WrkResult {
     seconds: f64,
     rps: f64,
     errors: u64,
+    /// wrk's `--latency` percentiles (closed loop, at saturation), µs.
+    p50_us: f64,
+    p99_us: f64,
+    /// CPU seconds of wrk itself (the load generator) over the run.
+    wrk_cpu: f64,
 }
 
 fn run_wrk(
@@ -126,7 +131,14 @@ fn run_wrk(
             endpoint.authorization
         ),
     )?;
-    let output = Command::new(wrk)
+    // Through a shell that prints its own /proc stat after wrk: its
+    // cutime/cstime are wrk's CPU.
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg("\"$@\"; s=$?; cat /proc/$$/stat >&2; exit $s")
+        .arg("sh")
+        .arg(wrk)
+        .arg("--latency")
         .arg(format!("-t{threads}"))
         .arg(format!("-c{connections}"))
         .arg(format!("-d{seconds}s"))
@@ -135,6 +147,11 @@ fn run_wrk(
         .arg(&endpoint.url)
         .output()
         .context("cannot run wrk")?;
+    let wrk_cpu = String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .last()
+        .and_then(children_cpu)
+        .unwrap_or(0.0);
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     if !output.status.success() {
         bail!(
@@ -147,9 +164,16 @@ fn run_wrk(
         seconds: seconds as f64,
         rps: 0.0,
         errors: 0,
+        p50_us: 0.0,
+        p99_us: 0.0,
+        wrk_cpu,
     };
     for line in text.lines().map(str::trim) {
-        if let Some(rest) = line.strip_prefix("Requests/sec:") {
+        if let Some(rest) = line.strip_prefix("50%") {
+            result.p50_us = parse_wrk_time(rest).map_or(0.0, |s| s * 1e6);
+        } else if let Some(rest) = line.strip_prefix("99%") {
+            result.p99_us = parse_wrk_time(rest).map_or(0.0, |s| s * 1e6);
+        } else if let Some(rest) = line.strip_prefix("Requests/sec:") {
             result.rps = rest.trim().parse().unwrap_or(0.0);
         } else if line.contains(" requests in ") {
             let mut parts = line.split_whitespace();
@@ -174,8 +198,20 @@ fn run_wrk(
     Ok(result)
 }
 
+/// cutime + cstime (waited-for children) of a `/proc/<pid>/stat` line.
+fn children_cpu(stat: &str) -> Option<f64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let cutime: f64 = fields.get(13)?.parse().ok()?;
+    let cstime: f64 = fields.get(14)?.parse().ok()?;
+    Some((cutime + cstime) / super::stack::clock_ticks())
+}
+
 fn parse_wrk_time(text: &str) -> Option<f64> {
     let text = text.trim();
+    if let Some(us) = text.strip_suffix("us") {
+        return us.parse::<f64>().ok().map(|v| v / 1e6);
+    }
     if let Some(ms) = text.strip_suffix("ms") {
         return ms.parse::<f64>().ok().map(|v| v / 1e3);
     }
@@ -383,6 +419,12 @@ struct Row {
     seconds: f64,
     errors: u64,
     cpu: Option<f64>,
+    p50_us: f64,
+    p99_us: f64,
+    /// wrk's CPU per request, µs.
+    wrk_cpu_us: f64,
+    /// The database backends' CPU per request (ledger rows), µs.
+    db_cpu_us: Option<f64>,
 }
 
 pub(crate) async fn throughput(opts: ThroughputOptions) -> Result<Vec<SummaryRow>> {
@@ -449,6 +491,12 @@ pub(crate) async fn throughput(opts: ThroughputOptions) -> Result<Vec<SummaryRow
             0
         };
         let cpu_before = cpu_pid.map(cpu_seconds);
+        let db_pids = if target.name.starts_with("tollgate") {
+            stack.database_backend_pids().await.unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let db_before: f64 = db_pids.iter().map(|&p| cpu_seconds(p)).sum();
         let result = run_wrk(
             stack.work.path(),
             target,
@@ -459,6 +507,10 @@ pub(crate) async fn throughput(opts: ThroughputOptions) -> Result<Vec<SummaryRow
         let cpu = cpu_pid
             .zip(cpu_before)
             .map(|(pid, before)| (cpu_seconds(pid) - before) / result.requests.max(1) as f64);
+        let db_cpu_us = (!db_pids.is_empty()).then(|| {
+            let after: f64 = db_pids.iter().map(|&p| cpu_seconds(p)).sum();
+            (after - db_before) / result.requests.max(1) as f64 * 1e6
+        });
         if target.name == "direct" {
             mock_cpu_per_request = cpu.unwrap_or(0.0);
         }
@@ -469,9 +521,20 @@ pub(crate) async fn throughput(opts: ThroughputOptions) -> Result<Vec<SummaryRow
                 .await?;
             ledger_rows = (at_end - before_rows, settled - before_rows, result.seconds);
         }
+        let wrk_cpu_us = result.wrk_cpu / result.requests.max(1) as f64 * 1e6;
         println!(
-            "  {:<9} {:>9.0} req/s ({} requests in {:.2} s, {} errors)",
-            target.name, result.rps, result.requests, result.seconds, result.errors
+            "  {:<9} {:>9.0} req/s ({} requests in {:.2} s, {} errors; p50 {:.0} µs, p99 {:.0} µs; \
+             CPU µs/request: server {:.1}, database {:.1}, wrk {:.1})",
+            target.name,
+            result.rps,
+            result.requests,
+            result.seconds,
+            result.errors,
+            result.p50_us,
+            result.p99_us,
+            cpu.unwrap_or(0.0) * 1e6,
+            db_cpu_us.unwrap_or(0.0),
+            wrk_cpu_us
         );
         rows.push(Row {
             name: target.name,
@@ -480,6 +543,10 @@ pub(crate) async fn throughput(opts: ThroughputOptions) -> Result<Vec<SummaryRow
             seconds: result.seconds,
             errors: result.errors,
             cpu,
+            p50_us: result.p50_us,
+            p99_us: result.p99_us,
+            wrk_cpu_us,
+            db_cpu_us,
         });
     }
     let rps = |name: &str| rows.iter().find(|r| r.name == name).map_or(0.0, |r| r.rps);
@@ -566,18 +633,22 @@ pub(crate) async fn throughput(opts: ThroughputOptions) -> Result<Vec<SummaryRow
          the mock, nginx or Tollgate, and PostgreSQL share the rest.\n",
         opts.threads, opts.connections, opts.seconds, opts.threads
     );
-    md.push_str("| route | req/s | requests | seconds | errors | CPU µs/request (server process) | Tollgate / this |\n|---|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("| route | req/s | requests | seconds | errors | p50 µs | p99 µs | CPU µs/request (server process) | PostgreSQL µs/request | wrk µs/request | Tollgate / this |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for row in &rows {
         let _ = writeln!(
             md,
-            "| {} | {:.0} | {} | {:.2} | {} | {} | {:.2} |",
+            "| {} | {:.0} | {} | {:.2} | {} | {:.0} | {:.0} | {} | {} | {:.1} | {:.2} |",
             row.name,
             row.rps,
             row.requests,
             row.seconds,
             row.errors,
+            row.p50_us,
+            row.p99_us,
             row.cpu
                 .map_or("-".to_owned(), |c| format!("{:.1}", c * 1e6)),
+            row.db_cpu_us.map_or("-".to_owned(), |c| format!("{c:.1}")),
+            row.wrk_cpu_us,
             tollgate / row.rps.max(1e-9)
         );
     }
@@ -585,7 +656,10 @@ pub(crate) async fn throughput(opts: ThroughputOptions) -> Result<Vec<SummaryRow
         md,
         "\nCPU µs/request is user+system time (`/proc/<pid>/stat`) of the serving process \
          (nginx: master + workers; direct: the mock itself) over the run, divided by requests. \
-         The Tollgate and nginx rows do not include the mock's own {:.1} µs/request.\n",
+         The Tollgate and nginx rows do not include the mock's own {:.1} µs/request. \
+         PostgreSQL: the backends connected to the bench's database (the ledger writer's among them). \
+         wrk: the load generator's own CPU (`cutime`+`cstime` of the shell that ran it). \
+         p50/p99: wrk's `--latency` at saturation (closed loop: each connection waits for its answer).\n",
         mock_cpu_per_request * 1e6
     );
     let _ = writeln!(

@@ -203,6 +203,22 @@ impl Stack {
             .context("the mock is not running")
     }
 
+    /// The pids of the PostgreSQL backends connected to the bench's
+    /// database (the gateway's pools, the ledger writer's among them).
+    pub(crate) async fn database_backend_pids(&self) -> Result<Vec<u32>> {
+        let mut conn = sqlx::PgConnection::connect(&self.db.url).await?;
+        let pids: Vec<(i32,)> = sqlx::query_as(
+            "SELECT pid FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&mut conn)
+        .await?;
+        Ok(pids
+            .into_iter()
+            .filter_map(|(p,)| u32::try_from(p).ok())
+            .collect())
+    }
+
     pub(crate) async fn ledger_count(&self) -> Result<i64> {
         let mut conn = sqlx::PgConnection::connect(&self.db.url).await?;
         let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM usage_ledger")
@@ -381,7 +397,7 @@ pub(crate) fn rss_kib(pid: u32) -> Result<u64> {
         .context("no VmRSS line")
 }
 
-fn clock_ticks() -> f64 {
+pub(crate) fn clock_ticks() -> f64 {
     super::command_line_output("getconf", &["CLK_TCK"])
         .parse()
         .unwrap_or(100.0)
