@@ -435,6 +435,18 @@ async fn all(args: AllArgs) -> Result<Vec<stack::SummaryRow>> {
         })
         .await?,
     );
+    rows.extend(
+        export(ExportArgs {
+            seconds: 8,
+            rounds: 3,
+            connections: 64,
+            rows: 100_000,
+            max_secs: 60,
+            catchup_rows: 1_000_000,
+            common: common.clone(),
+        })
+        .await?,
+    );
     if !args.no_callgrind {
         rows.extend(
             callgrind(CallgrindArgs {

@@ -4,7 +4,8 @@
 //!
 //! A job is a [`Job`]: a name, an idle interval and a `step`. [`spawn`] runs
 //! it for the life of the process; every round:
-//! 1. **claim**: `pg_try_advisory_lock` on a connection held for the step, so
+//! 1. **claim**: `pg_try_advisory_lock` on a connection of the job's own (not the
+//!    pool's: claims must never starve the steps), held for the step, so
 //!    one replica at a time does the job and a dead replica's claim ends with
 //!    its connection (no lease to expire, no second coordinator);
 //! 2. **step**: one bounded piece of work; the job keeps its real cursor in
@@ -139,6 +140,7 @@ pub fn replica_id() -> &'static str {
 /// Runs `job` on this replica until `ctx.stop` fires.
 pub fn spawn<J: Job>(tasks: &TaskTracker, ctx: JobContext, mut job: J) {
     tasks.spawn(async move {
+        let claims = claims_pool(&ctx.pool);
         let name = job.name();
         let wake = job.wake();
         let mut failures: u32 = 0;
@@ -146,7 +148,7 @@ pub fn spawn<J: Job>(tasks: &TaskTracker, ctx: JobContext, mut job: J) {
             if ctx.stop.is_cancelled() {
                 return;
             }
-            let wait = match run_once(&ctx, &mut job).await {
+            let wait = match run_claimed(&ctx, &claims, &mut job).await {
                 Ok(Round::Ran(progress)) if progress.more => {
                     failures = 0;
                     Duration::ZERO
@@ -192,8 +194,34 @@ pub fn backoff(failures: u32) -> Duration {
 
 /// Claims `job`, runs one step, records the outcome and releases the claim.
 pub async fn run_once<J: Job>(ctx: &JobContext, job: &mut J) -> Result<Round, JobError> {
+    run_claimed(ctx, &claims_pool(&ctx.pool), job).await
+}
+
+/// How long a job waits for its claim's own connection.
+const CLAIM_ACQUIRE: Duration = Duration::from_secs(5);
+/// A claim connection idle this long (a job stepping less often) is closed.
+const CLAIM_IDLE: Duration = Duration::from_secs(120);
+
+/// One connection of its own for a job's claim, beside `pool`. The claim is
+/// held while the step works through `pool`; were it taken from `pool`,
+/// jobs holding claims could take every connection and wait forever for one
+/// more to do their step (seen with a 5-connection pool and three jobs).
+fn claims_pool(pool: &PgPool) -> PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .acquire_timeout(CLAIM_ACQUIRE)
+        .idle_timeout(Some(CLAIM_IDLE))
+        .connect_lazy_with((*pool.connect_options()).clone())
+}
+
+async fn run_claimed<J: Job>(
+    ctx: &JobContext,
+    claims: &PgPool,
+    job: &mut J,
+) -> Result<Round, JobError> {
     let name = job.name();
-    let Some(claim) = Claim::take(&ctx.pool, &name).await? else {
+    let Some(claim) = Claim::take(claims, &name).await? else {
         return Ok(Round::Busy);
     };
     if is_paused(&ctx.pool, &name).await? {
