@@ -358,6 +358,16 @@ async fn the_admin_api_sets_billing_ids_and_controls_each_sink(pool: PgPool) {
     .await;
     let (status, body) = gw.admin(Method::GET, "/admin/tenants/acme", None).await;
     assert_eq!(status, 404, "{body}");
+    // A NUL in the path is refused before the database sees it, both ways.
+    for method in [Method::GET, Method::PUT] {
+        let body = (method == Method::PUT).then(|| json!({"billing": {"openmeter_subject": "x"}}));
+        let (status, body) = gw.admin(method, "/admin/tenants/ac%00me", body).await;
+        assert_eq!(
+            (status, body["error"]["param"].as_str()),
+            (422, Some("tenant")),
+            "{body}"
+        );
+    }
     let (status, body) = gw
         .admin(
             Method::PUT,

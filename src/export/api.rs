@@ -279,11 +279,16 @@ pub struct TenantBilling {
     pub updated_at: DateTime<Utc>,
 }
 
-fn valid_tenant(tenant: &str) -> bool {
-    let mut chars = tenant.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && tenant.len() <= 64
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+/// A path's tenant id, checked before it reaches the database (a NUL or a
+/// 1 MB id is a 422, not a database error).
+fn check_tenant_id(tenant: &str) -> Result<(), ApiError> {
+    if crate::auth::valid_tenant(tenant) {
+        return Ok(());
+    }
+    Err(ApiError::unprocessable(
+        "tenant",
+        "A tenant id is 1-64 letters, digits, '.', '_' or '-'.",
+    ))
 }
 
 /// Sets (replaces) a tenant's ids in the billing systems. Rows waiting for
@@ -306,12 +311,7 @@ pub async fn put_tenant(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     require_admin(&state, &headers)?;
-    if !valid_tenant(&tenant) {
-        return Err(ApiError::unprocessable(
-            "tenant",
-            "A tenant id is 1-64 letters, digits, '.', '_' or '-'.",
-        ));
-    }
+    check_tenant_id(&tenant)?;
     let body: TenantBody = serde_json::from_slice(&body).map_err(ApiError::invalid_json)?;
     let b = &body.billing;
     for (field, value) in [
@@ -364,6 +364,7 @@ pub async fn put_tenant(
         (status = 401, description = "Missing or wrong admin token.", body = crate::error::Envelope),
         (status = 403, description = "The admin API is disabled.", body = crate::error::Envelope),
         (status = 404, description = "No billing ids are set for the tenant.", body = crate::error::Envelope),
+        (status = 422, description = "The tenant id is not one (1-64 letters, digits, '.', '_' or '-').", body = crate::error::Envelope),
         (status = 503, description = "The database is unavailable.", body = crate::error::Envelope),
     ))]
 pub async fn get_tenant(
@@ -372,6 +373,7 @@ pub async fn get_tenant(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     require_admin(&state, &headers)?;
+    check_tenant_id(&tenant)?;
     #[derive(sqlx::FromRow)]
     struct Row {
         #[sqlx(flatten)]
