@@ -50,6 +50,14 @@ fn sheet(price: &Value) -> PriceSheet {
     PriceSheet::from_fields(&fields, None).unwrap()
 }
 
+/// The `tollgate_reconciliation_*` gauges are process-wide and every
+/// gateway's fetch rewrites them, so the tests of this file run one at a
+/// time: a gauge read after a fetch is that fetch's.
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
+}
+
 fn reconciling(c: &mut Config) {
     c.reconcile.url = c.upstreams[0].url.clone();
     c.reconcile.admin_key = Secret::new(ADMIN_KEY);
@@ -231,6 +239,7 @@ async fn set_prices(gw: &TestGateway) {
 
 #[sqlx::test]
 async fn every_disagreement_shows_on_its_own_line_and_nothing_else_is_flagged(pool: PgPool) {
+    let _serial = one_at_a_time().await;
     let gw = gateway(pool, |_| {}).await;
     set_prices(&gw).await;
     let key = gw.key("acme").await;
@@ -411,6 +420,7 @@ async fn every_disagreement_shows_on_its_own_line_and_nothing_else_is_flagged(po
 
 #[sqlx::test]
 async fn lines_by_upstream_key_name_the_key_and_discovery_finds_it(pool: PgPool) {
+    let _serial = one_at_a_time().await;
     let gw = gateway(pool, |_| {}).await;
     set_prices(&gw).await;
     let key = gw.key("acme").await;
@@ -466,6 +476,7 @@ async fn lines_by_upstream_key_name_the_key_and_discovery_finds_it(pool: PgPool)
 
 #[sqlx::test]
 async fn a_lagging_provider_keeps_a_closed_day_pending_until_it_settles(pool: PgPool) {
+    let _serial = one_at_a_time().await;
     // Fetched right after its end, a day is still within the provider's
     // delay: pending, not drift, even though the provider has not counted
     // everything yet.
@@ -484,6 +495,7 @@ async fn a_lagging_provider_keeps_a_closed_day_pending_until_it_settles(pool: Pg
 
 #[sqlx::test]
 async fn drift_is_alerted_once_per_day_and_line_signed(pool: PgPool) {
+    let _serial = one_at_a_time().await;
     let receiver = webhook::Receiver::start(SECRET, 0).await;
     let url = receiver.url.clone();
     let gw = gateway(pool, move |c| {
@@ -492,7 +504,7 @@ async fn drift_is_alerted_once_per_day_and_line_signed(pool: PgPool) {
         c.reconcile.alert_webhook_url = Some(url);
     })
     .await;
-    // A stale price of a model no other test uses (the metrics are global).
+    // A stale price of a model no other test uses.
     gw.set_price(
         "gpt-5.1",
         json!({"input_cost_per_token": "0.0000017", "output_cost_per_token": "0.0000133"}),
@@ -544,6 +556,7 @@ async fn drift_is_alerted_once_per_day_and_line_signed(pool: PgPool) {
 
 #[sqlx::test]
 async fn the_command_line_fetches_and_prints_the_same_table(pool: PgPool) {
+    let _serial = one_at_a_time().await;
     let gw = gateway(pool, |_| {}).await;
     set_prices(&gw).await;
     let key = gw.key("acme").await;
