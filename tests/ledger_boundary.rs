@@ -72,6 +72,14 @@ type SettledRow = (
     Option<String>,
 );
 
+/// `tollgate_ledger_rows_quarantined_total` is process-wide and two tests
+/// here quarantine rows, so the tests of this file run one at a time: the
+/// counter read by one is that test's own.
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
+}
+
 async fn quarantined(pool: &PgPool) -> Vec<(String, Option<String>)> {
     sqlx::query_as("SELECT request_id, sqlstate FROM ledger_quarantine ORDER BY id")
         .fetch_all(pool)
@@ -81,6 +89,7 @@ async fn quarantined(pool: &PgPool) -> Vec<(String, Option<String>)> {
 
 #[sqlx::test]
 async fn hostile_upstream_values_are_stored_flagged_and_never_block(pool: PgPool) {
+    let _serial = one_at_a_time().await;
     let reply = Arc::new(Mutex::new(Value::Null));
     let gw = gateway_before(pool.clone(), reply.clone()).await;
     let key = gw.key("acme").await;
@@ -259,6 +268,7 @@ async fn stored_ids(pool: &PgPool) -> Vec<String> {
 
 #[sqlx::test]
 async fn a_refused_row_is_isolated_and_quarantined_and_the_rest_is_stored(pool: PgPool) {
+    let _serial = one_at_a_time().await;
     let gw = TestGateway::start(pool.clone()).await;
     gw.set_price("gpt-5.5", gpt55_price()).await;
     let template = template_row(&gw).await;
@@ -356,6 +366,7 @@ async fn a_refused_row_is_isolated_and_quarantined_and_the_rest_is_stored(pool: 
 
 #[sqlx::test]
 async fn a_refused_row_in_the_spool_never_blocks_replay(pool: PgPool) {
+    let _serial = one_at_a_time().await;
     let gw = TestGateway::start(pool.clone()).await;
     gw.set_price("gpt-5.5", gpt55_price()).await;
     let template = template_row(&gw).await;
@@ -410,6 +421,7 @@ async fn a_refused_row_in_the_spool_never_blocks_replay(pool: PgPool) {
 
 #[sqlx::test]
 async fn the_reconciler_settles_impossible_usage_as_invalid_and_goes_on(pool: PgPool) {
+    let _serial = one_at_a_time().await;
     let reply = Arc::new(Mutex::new(Value::Null));
     let gw = gateway_before(pool.clone(), reply.clone()).await;
     let key = gw.key("acme").await;
