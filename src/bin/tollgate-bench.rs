@@ -53,6 +53,8 @@ use sqlx::Connection;
 
 #[path = "bench/litellm.rs"]
 mod litellm;
+#[path = "bench/profile.rs"]
+mod profile;
 #[path = "bench/scenarios.rs"]
 mod scenarios;
 #[path = "bench/sinks.rs"]
@@ -102,6 +104,10 @@ enum BenchCommand {
     /// Billing export: serving with export on vs off, events/s per sink,
     /// catch-up after an outage.
     Export(ExportArgs),
+    /// Where the CPU goes in a saturated run: `perf record` of the whole
+    /// machine, split by process, gateway stage and library; folded stacks
+    /// for a flame graph. Not part of `all` (needs perf and minutes).
+    Profile(ProfileArgs),
     /// Everything above, then one table.
     All(AllArgs),
 }
@@ -172,6 +178,24 @@ struct LedgerArgs {
     /// Seconds the table stays locked (from t = 1 s).
     #[arg(long, default_value_t = 4)]
     lock_secs: u64,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+struct ProfileArgs {
+    /// Seconds of wrk (and of perf, plus two).
+    #[arg(long, default_value_t = 8)]
+    seconds: u64,
+    /// wrk connections.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// perf's sampling frequency per CPU, Hz.
+    #[arg(long, default_value_t = 499)]
+    frequency: u32,
+    /// Where perf.data, the folded stacks and the flame graph go.
+    #[arg(long, default_value = "target/profile")]
+    out: PathBuf,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -299,6 +323,7 @@ async fn run(cli: Cli) -> Result<()> {
         BenchCommand::Callgrind(args) => callgrind(args).await?,
         BenchCommand::Limits(args) => limits(args).await?,
         BenchCommand::Export(args) => export(args).await?,
+        BenchCommand::Profile(args) => profile(args).await?,
         BenchCommand::All(args) => all(args).await?,
     };
     println!("\n{}", stack::summary_table(&rows));
@@ -351,6 +376,17 @@ async fn callgrind(args: CallgrindArgs) -> Result<Vec<stack::SummaryRow>> {
     scenarios::callgrind(scenarios::CallgrindOptions {
         requests: if smoke { 10 } else { args.requests },
         smoke,
+        write_md: args.common.write_md,
+    })
+    .await
+}
+
+async fn profile(args: ProfileArgs) -> Result<Vec<stack::SummaryRow>> {
+    profile::profile(profile::ProfileOptions {
+        seconds: if args.common.smoke { 1 } else { args.seconds },
+        connections: args.connections,
+        frequency: args.frequency,
+        out: args.out,
         write_md: args.common.write_md,
     })
     .await

@@ -49,14 +49,14 @@ fn stream_body(model: &str, deltas: usize, delay_ms: u64) -> String {
 }
 
 #[derive(Clone)]
-struct Endpoint {
-    name: &'static str,
+pub(crate) struct Endpoint {
+    pub name: &'static str,
     url: String,
     authorization: String,
     body: Bytes,
 }
 
-fn endpoints(stack: &Stack, nginx: &str, stream: Option<(usize, u64)>) -> Vec<Endpoint> {
+pub(crate) fn endpoints(stack: &Stack, nginx: &str, stream: Option<(usize, u64)>) -> Vec<Endpoint> {
     let body = |model: &str| {
         Bytes::from(match stream {
             Some((deltas, delay)) => stream_body(model, deltas, delay),
@@ -100,19 +100,19 @@ fn limited_endpoint(stack: &Stack, tollgate: &Endpoint) -> Endpoint {
 // ---------------------------------------------------------------------------
 // wrk
 
-struct WrkResult {
-    requests: u64,
+pub(crate) struct WrkResult {
+    pub requests: u64,
     seconds: f64,
-    rps: f64,
+    pub rps: f64,
     errors: u64,
     /// wrk's `--latency` percentiles (closed loop, at saturation), µs.
-    p50_us: f64,
-    p99_us: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
     /// CPU seconds of wrk itself (the load generator) over the run.
     wrk_cpu: f64,
 }
 
-fn run_wrk(
+pub(crate) fn run_wrk(
     work: &std::path::Path,
     endpoint: &Endpoint,
     connections: usize,
