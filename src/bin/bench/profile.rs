@@ -122,9 +122,12 @@ const STAGES: &[(&str, &[&str])] = &[
     ),
 ];
 
-const KERNEL_LEAF: &str = "kernel (TCP loopback, syscalls, scheduling)";
+const KERNEL_LEAF: &str = "kernel (socket reads and writes on loopback, epoll, wake-ups)";
 
 fn stage_of(frames: &[Frame]) -> &'static str {
+    if frames.first().is_some_and(Frame::is_kernel) {
+        return KERNEL_LEAF;
+    }
     for frame in frames {
         for (stage, patterns) in STAGES {
             if patterns.iter().any(|p| frame.symbol.contains(p)) {
@@ -133,7 +136,6 @@ fn stage_of(frames: &[Frame]) -> &'static str {
         }
     }
     match frames.first() {
-        Some(f) if f.is_kernel() => KERNEL_LEAF,
         Some(f) if is_allocator(&f.symbol) => "malloc/free (outside any stage above)",
         _ => "other",
     }
@@ -153,15 +155,16 @@ fn library_of(frame: &Frame) -> String {
         return "kernel".to_owned();
     }
     let symbol = frame.symbol.trim_start_matches('<');
-    if is_allocator(symbol) && frame.dso.contains("libc") {
+    let c_name = !symbol.contains("::");
+    // Inlined libc frames may be reported inside the caller's object.
+    if c_name && is_allocator(symbol) {
         return "libc malloc/free".to_owned();
     }
+    if c_name && symbol.trim_start_matches('_').starts_with("mem") {
+        return "libc memcpy/memmove/memset".to_owned();
+    }
     if frame.dso.contains("libc") {
-        return if symbol.contains("mem") {
-            "libc memcpy/memmove/memset".to_owned()
-        } else {
-            "libc (other)".to_owned()
-        };
+        return "libc (other)".to_owned();
     }
     if symbol.starts_with("[unknown]") || symbol.is_empty() {
         return format!("unknown ({})", short_dso(&frame.dso));
@@ -243,6 +246,13 @@ fn parse_script(text: &str, owner_of: &dyn Fn(u32, &str) -> Owner) -> Vec<Sample
         });
     }
     samples.extend(current.take());
+    for sample in &mut samples {
+        for i in (0..sample.frames.len().saturating_sub(1)).rev() {
+            if sample.frames[i].dso == "inlined" {
+                sample.frames[i].dso = sample.frames[i + 1].dso.clone();
+            }
+        }
+    }
     samples
 }
 
@@ -515,7 +525,8 @@ mod tests {
         \tffff0 copy_user_generic+0x5 ([kernel.kallsyms])\n\
         \n\
         tokio-rt-worker 42/44\n\
-        \t    7f00 _int_free+0x10 (/usr/lib/x86_64-linux-gnu/libc.so.6)\n\
+        \t    7f00 _int_free (inlined)\n\
+        \t    7f00 __GI___libc_free+0x10 (/usr/lib/x86_64-linux-gnu/libc.so.6)\n\
         \t    55d2 tokio::runtime::task::harness::poll+0x9 (/x/tollgate)\n";
 
     #[test]
@@ -535,10 +546,11 @@ mod tests {
         );
         assert_eq!(library_of(&samples[2].frames[0]), "libc malloc/free");
         assert_eq!(library_of(&samples[0].frames[0]), "tollgate");
+        assert_eq!(stage_of(&samples[1].frames), KERNEL_LEAF);
         assert_eq!(
             folded(&samples),
             "hyper::proto::h1::dispatch::Dispatcher::poll;tollgate::usage::JsonBodyCollector::summary 1\n\
-             tokio::runtime::task::harness::poll;_int_free 1\n"
+             tokio::runtime::task::harness::poll;__GI___libc_free;_int_free 1\n"
         );
     }
 }
