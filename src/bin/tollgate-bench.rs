@@ -193,6 +193,10 @@ struct ProfileArgs {
     /// perf's sampling frequency per CPU, Hz.
     #[arg(long, default_value_t = 499)]
     frequency: u32,
+    /// Profile the route of a key under every kind of limit (key and
+    /// tenant) instead of the unlimited one.
+    #[arg(long)]
+    limited: bool,
     /// Where perf.data, the folded stacks and the flame graph go.
     #[arg(long, default_value = "target/profile")]
     out: PathBuf,
@@ -386,6 +390,7 @@ async fn profile(args: ProfileArgs) -> Result<Vec<stack::SummaryRow>> {
         seconds: if args.common.smoke { 1 } else { args.seconds },
         connections: args.connections,
         frequency: args.frequency,
+        limited: args.limited,
         out: args.out,
         write_md: args.common.write_md,
     })

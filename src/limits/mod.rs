@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use sqlx::PgPool;
 
 use crate::error::ApiError;
@@ -243,32 +243,52 @@ impl Admission {
         if self.requests.is_none() && self.tokens.is_none() {
             return;
         }
-        let stale: Vec<_> = headers
-            .keys()
-            .filter(|k| k.as_str().starts_with("x-ratelimit-"))
-            .cloned()
-            .collect();
-        for name in stale {
-            headers.remove(name);
+        // The six standard names are overwritten or removed below; any
+        // other `x-ratelimit-*` of the upstream's is rare and only then
+        // worth a scan that collects names.
+        let unusual = |name: &HeaderName| {
+            name.as_str().starts_with("x-ratelimit-")
+                && !RATE_HEADERS.iter().flatten().any(|known| known == name)
+        };
+        if headers.keys().any(unusual) {
+            let stale: Vec<HeaderName> = headers.keys().filter(|k| unusual(k)).cloned().collect();
+            for name in stale {
+                headers.remove(name);
+            }
         }
-        for (suffix, view) in [("requests", self.requests), ("tokens", self.tokens)] {
-            let Some(view) = view else { continue };
-            let values = [
-                ("limit", view.limit.to_string()),
-                ("remaining", view.remaining.to_string()),
-                ("reset", format!("{}s", view.reset_seconds)),
-            ];
-            for (what, value) in values {
-                if let (Ok(name), Ok(value)) = (
-                    axum::http::HeaderName::try_from(format!("x-ratelimit-{what}-{suffix}")),
-                    HeaderValue::from_str(&value),
-                ) {
-                    headers.insert(name, value);
+        for (names, view) in RATE_HEADERS.iter().zip([self.requests, self.tokens]) {
+            let [limit, remaining, reset] = names;
+            match view {
+                Some(view) => {
+                    headers.insert(limit.clone(), HeaderValue::from(view.limit));
+                    headers.insert(remaining.clone(), HeaderValue::from(view.remaining));
+                    if let Ok(value) = HeaderValue::try_from(format!("{}s", view.reset_seconds)) {
+                        headers.insert(reset.clone(), value);
+                    }
+                }
+                None => {
+                    for name in names {
+                        headers.remove(name);
+                    }
                 }
             }
         }
     }
 }
+
+/// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`, built once.
+static RATE_HEADERS: [[HeaderName; 3]; 2] = [
+    [
+        HeaderName::from_static("x-ratelimit-limit-requests"),
+        HeaderName::from_static("x-ratelimit-remaining-requests"),
+        HeaderName::from_static("x-ratelimit-reset-requests"),
+    ],
+    [
+        HeaderName::from_static("x-ratelimit-limit-tokens"),
+        HeaderName::from_static("x-ratelimit-remaining-tokens"),
+        HeaderName::from_static("x-ratelimit-reset-tokens"),
+    ],
+];
 
 fn tightest(views: impl Iterator<Item = BucketView>) -> Option<BucketView> {
     views.min_by_key(|v| v.remaining)
@@ -404,4 +424,71 @@ pub fn recorded(request_id: &str) {
 /// A background response was settled on this replica.
 pub fn settle_background(request_id: &str, cost: Option<rust_decimal::Decimal>, tokens: i64) {
     keeper::settle_background(request_id, cost, tokens);
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn upstream_headers() -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("x-ratelimit-limit-requests", "10000"),
+            ("x-ratelimit-remaining-requests", "9999"),
+            ("x-ratelimit-reset-requests", "6ms"),
+            ("x-ratelimit-limit-tokens", "2000000"),
+            ("x-ratelimit-remaining-tokens", "1999000"),
+            ("x-ratelimit-reset-tokens", "30ms"),
+            ("x-ratelimit-limit-images", "50"),
+            ("content-type", "application/json"),
+        ] {
+            headers.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn admission_replaces_every_upstream_rate_header_with_its_own() {
+        let view = BucketView {
+            limit: 5,
+            remaining: 3,
+            reset_seconds: 12,
+        };
+        let mut headers = upstream_headers();
+        Admission {
+            requests: Some(view),
+            tokens: None,
+        }
+        .apply(&mut headers);
+        let mut shown: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        shown.sort();
+        assert_eq!(
+            shown,
+            [
+                ("content-type", "application/json"),
+                ("x-ratelimit-limit-requests", "5"),
+                ("x-ratelimit-remaining-requests", "3"),
+                ("x-ratelimit-reset-requests", "12s"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+    }
+
+    #[test]
+    fn an_unlimited_key_keeps_the_upstreams_headers() {
+        let mut headers = upstream_headers();
+        Admission {
+            requests: None,
+            tokens: None,
+        }
+        .apply(&mut headers);
+        assert_eq!(headers, upstream_headers());
+    }
 }

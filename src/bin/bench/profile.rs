@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use super::load_average;
-use super::scenarios::{endpoints, run_wrk};
+use super::scenarios::{endpoints, limited_endpoint, run_wrk};
 use super::stack::{
     cpu_seconds, ensure_tool, machine_line, this_command, write_section, Stack, StackOptions,
     SummaryRow,
@@ -27,6 +27,8 @@ pub(crate) struct ProfileOptions {
     pub seconds: u64,
     pub connections: usize,
     pub frequency: u32,
+    /// Drive the key under every kind of limit instead of the unlimited one.
+    pub limited: bool,
     pub out: PathBuf,
     pub write_md: bool,
 }
@@ -306,10 +308,15 @@ pub(crate) async fn profile(opts: ProfileOptions) -> Result<Vec<SummaryRow>> {
     let perf = ensure_tool("perf", "linux-perf")?;
     let load_start = load_average();
     let stack = Stack::start(StackOptions::default()).await?;
-    let target = endpoints(&stack, "", None)
+    let unlimited = endpoints(&stack, "", None)
         .into_iter()
         .find(|e| e.name == "tollgate")
         .context("no tollgate route")?;
+    let target = if opts.limited {
+        limited_endpoint(&stack, &unlimited)
+    } else {
+        unlimited
+    };
     run_wrk(stack.work.path(), &target, opts.connections, 1, 1)?;
     let gateway = stack.gateway_pid()?;
     let mock = stack.mock_pid()?;
@@ -435,10 +442,10 @@ fn report(
     let _ = writeln!(
         md,
         "`perf record -a --call-graph dwarf -F {}` over the whole machine while `wrk -t1 -c{} -d{}s` drove \
-         the Tollgate route of the throughput scenario (non-streaming create, ledger on): {:.0} req/s, \
+         the `{}` route of the throughput scenario (non-streaming create, ledger on): {:.0} req/s, \
          p50 {:.0} µs, p99 {:.0} µs under the profiler. CPU per request from `/proc`: gateway {:.1} µs, \
          mock upstream {:.1} µs, PostgreSQL backends {:.1} µs.\n",
-        opts.frequency, opts.connections, opts.seconds, result.rps, result.p50_us, result.p99_us,
+        opts.frequency, opts.connections, opts.seconds, if opts.limited { "tollgate+limits" } else { "tollgate" }, result.rps, result.p50_us, result.p99_us,
         gateway_us, mock_us, db_us
     );
     let total = samples.len() as u64;

@@ -89,7 +89,7 @@ pub(crate) fn endpoints(stack: &Stack, nginx: &str, stream: Option<(usize, u64)>
 
 /// The Tollgate route again, with a key under every kind of limit (on the
 /// key and its tenant): the cost of admission and settlement.
-fn limited_endpoint(stack: &Stack, tollgate: &Endpoint) -> Endpoint {
+pub(crate) fn limited_endpoint(stack: &Stack, tollgate: &Endpoint) -> Endpoint {
     Endpoint {
         name: "tollgate+limits",
         authorization: format!("Bearer {}", stack.limited_key),
