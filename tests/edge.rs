@@ -352,10 +352,14 @@ async fn near_the_cap_a_head_gets_a_second(pool: PgPool) {
             .unwrap();
         held.push(tcp);
     }
+    // Pressed, the head gets 1 s instead of the 30 s header timeout. The
+    // bound leaves room for a loaded machine (the server must first accept
+    // all 60 while other tests flood theirs: 5 s was once too little in CI);
+    // anything under 30 s can only be the shortened time.
     let started = std::time::Instant::now();
-    let answer = read_until_closed(&mut held[0], Duration::from_secs(5)).await;
+    let answer = read_until_closed(&mut held[0], Duration::from_secs(12)).await;
     assert!(answer.is_empty(), "{answer}");
-    assert!(started.elapsed() < Duration::from_secs(4));
+    assert!(started.elapsed() < Duration::from_secs(12));
     // Below 90 % a head gets its full timeout.
     drop(held);
     tokio::time::sleep(Duration::from_millis(500)).await;
