@@ -244,29 +244,18 @@ async fn lago_gets_batches_of_at_most_100_and_a_refused_event_is_quarantined(poo
     let sinks = BillingSinks::start(SIGNING_SECRET).await;
     register(&pool, "lago").await;
     map_tenant(&pool, "acme").await;
-    insert_rows(&pool, "acme", "a", 150).await;
-    let bad = insert_rows_with(
-        &pool,
-        "acme",
-        "bad",
-        1,
-        REFUSED_MODEL,
-        true,
-        chrono::Duration::minutes(1),
-    )
-    .await;
-    insert_rows(&pool, "acme", "c", 99).await;
+    let bad = insert_rows_around_a_refused_one(&pool, "acme", 150, 99).await;
     let mut job = sinks.job("lago", |_| {});
     assert!(drive(&pool, &mut job, 20).await.is_empty());
     let book = sinks.book("lago");
     assert!(book.largest_batch <= 100);
     assert_exact(&sinks, "lago", ledger_final(&pool, &["acme"]).await);
-    assert!(!book.per_request().contains_key(&bad[0]));
+    assert!(!book.per_request().contains_key(&bad));
     let status = tollgate::export::api::statuses(&pool, &Default::default())
         .await
         .unwrap();
     assert_eq!(status[0].refused, 1);
-    assert_eq!(status[0].listed[0].request_id, bad[0]);
+    assert_eq!(status[0].listed[0].request_id, bad);
     assert!(status[0].listed[0]
         .reason
         .as_deref()

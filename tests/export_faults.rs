@@ -98,22 +98,11 @@ async fn an_openmeter_batch_refused_for_one_event_quarantines_only_that_event(po
     let sinks = BillingSinks::start(SIGNING_SECRET).await;
     map_tenant(&pool, "acme").await;
     register(&pool, "openmeter").await;
-    insert_rows(&pool, "acme", "a", 40).await;
-    let bad = insert_rows_with(
-        &pool,
-        "acme",
-        "bad",
-        1,
-        REFUSED_MODEL,
-        true,
-        chrono::Duration::minutes(1),
-    )
-    .await;
-    insert_rows(&pool, "acme", "c", 40).await;
+    let bad = insert_rows_around_a_refused_one(&pool, "acme", 40, 40).await;
     let mut job = sinks.job("openmeter", |_| {});
     assert!(drive(&pool, &mut job, 10).await.is_empty());
     let book = check(&pool, &sinks, "openmeter", "400 for one event of 81").await;
-    assert!(!book.per_request().contains_key(&bad[0]));
+    assert!(!book.per_request().contains_key(&bad));
     let status = tollgate::export::api::statuses(&pool, &Default::default())
         .await
         .unwrap();

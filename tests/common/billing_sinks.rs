@@ -671,6 +671,29 @@ pub async fn insert_rows_with(
     .unwrap()
 }
 
+/// `before` good rows, one row the stand-ins refuse (`REFUSED_MODEL`), then
+/// `after` good rows, all of `tenant`; returns the refused row's request id.
+pub async fn insert_rows_around_a_refused_one(
+    pool: &PgPool,
+    tenant: &str,
+    before: i64,
+    after: i64,
+) -> String {
+    insert_rows(pool, tenant, "a", before).await;
+    let bad = insert_rows_with(
+        pool,
+        tenant,
+        "bad",
+        1,
+        REFUSED_MODEL,
+        true,
+        chrono::Duration::minutes(1),
+    )
+    .await;
+    insert_rows(pool, tenant, "c", after).await;
+    bad.into_iter().next().unwrap()
+}
+
 /// The ledger's final rows: count, exact cost sum, token sum.
 pub async fn ledger_final(pool: &PgPool, tenants: &[&str]) -> (i64, Decimal, i64) {
     sqlx::query_as(
