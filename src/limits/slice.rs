@@ -107,6 +107,9 @@ pub struct Slice {
     /// margin (a late renewal must never let two replicas use one slice).
     valid_until: Option<Instant>,
     last_sync: Option<Instant>,
+    /// When the current demand window began: the previous plan, whether or
+    /// not its sync reached the database.
+    window_since: Option<Instant>,
     last_active: Instant,
     /// Near exhaustion: keep no spare, ask for exactly what is needed.
     scarce_until: Option<Instant>,
@@ -147,6 +150,7 @@ impl Slice {
             },
             valid_until: None,
             last_sync: None,
+            window_since: None,
             last_active: now,
             scarce_until: None,
             leased: false,
@@ -380,14 +384,20 @@ impl Slice {
         }
     }
 
-    /// Folds the window since the last sync into the smoothed demand.
+    /// Folds the window since the previous plan into the smoothed demand.
+    /// The window is measured from that plan, not from the last successful
+    /// sync: through a database outage every sync fails, and dividing one
+    /// second's requests by the time since the last success made the
+    /// demand (and with it the spare a slice keeps) shrink as the outage
+    /// went on, until the slice handed its cover back and refused.
     fn learn_demand(&mut self, now: Instant) {
         let elapsed = self
-            .last_sync
-            .map_or(Duration::from_secs(1), |last| {
-                now.saturating_duration_since(last)
+            .window_since
+            .map_or(Duration::from_secs(1), |since| {
+                now.saturating_duration_since(since)
             })
             .max(Duration::from_millis(100));
+        self.window_since = Some(now);
         let secs = Decimal::from_f64_retain(elapsed.as_secs_f64()).unwrap_or(Decimal::ONE);
         let w = self.window;
         let half = Decimal::new(5, 1);
@@ -629,6 +639,32 @@ mod tests {
         assert_eq!(s.check(big, now), Ok(()));
         s.take(big, now);
         assert_eq!(s.check(big, now), Err(Short::Budget));
+    }
+
+    #[test]
+    fn demand_holds_through_failed_syncs() {
+        let start = Instant::now();
+        let mut s = Slice::new(Scope::Tenant, "t".into(), hard("1000"), start);
+        let ask = s.plan(Waiting::default(), DEFAULT_COVER, start, false);
+        s.apply(&granted(hard("1000"), "300", 2, "60", "1000"), start, &ask);
+        let need = Need {
+            cost: d("1"),
+            tokens: 1,
+        };
+        // Ten requests a second; the database answered only the first
+        // sync: every later plan fails (its hand-back restored, as on a
+        // refused connection), and the demand must stay ten a second.
+        for second in 1..=20u64 {
+            let now = start + Duration::from_secs(second);
+            for _ in 0..10 {
+                s.take(need, now);
+                s.release(need, d("0"), 0, true);
+            }
+            let ask = s.plan(Waiting::default(), DEFAULT_COVER, now, false);
+            assert_eq!(ask.budget_back, Decimal::ZERO, "second {second}");
+            s.restore(&ask);
+        }
+        assert!(s.demand.cost > d("9.99"), "{}", s.demand.cost);
     }
 
     #[test]
