@@ -87,7 +87,7 @@ pub async fn build_state(
         &state.shutdown,
     );
     crate::reconcile::spawn(&state);
-    crate::ledger::months::spawn(
+    crate::ledger::upkeep::spawn(
         &state.tasks,
         crate::jobs::JobContext {
             pool: state.pool.clone(),

@@ -148,12 +148,32 @@ impl Drop for Slot {
 }
 
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    // Migration 0018 partitions the ledger; its slow parts run first,
-    // without blocking writers (a no-op once done or on a fresh database).
+    // Migrations 0018 (the ledger by month) and 0020 (leaner indexes) have
+    // slow parts that run first, without blocking writers (each a no-op
+    // once done or on a fresh database); 0020's need 0018's partitions.
     crate::ledger::months::prepare_upgrade(pool)
         .await
         .map_err(sqlx::migrate::MigrateError::Execute)?;
+    migrate_up_to(pool, 19).await?;
+    crate::ledger::indexes::prepare_lean(pool)
+        .await
+        .map_err(sqlx::migrate::MigrateError::Execute)?;
     MIGRATOR.run(pool).await
+}
+
+/// The migrations up to `version` only (a database already past it is
+/// left as it is).
+async fn migrate_up_to(pool: &PgPool, version: i64) -> Result<(), sqlx::migrate::MigrateError> {
+    let mut first = sqlx::migrate!("./migrations");
+    first.ignore_missing = true;
+    first.migrations = std::borrow::Cow::Owned(
+        MIGRATOR
+            .iter()
+            .filter(|m| m.version <= version)
+            .cloned()
+            .collect(),
+    );
+    first.run(pool).await
 }
 
 /// Creates the database when it does not exist yet, then migrates it.

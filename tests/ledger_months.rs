@@ -14,10 +14,10 @@ use chrono::{DateTime, TimeZone, Utc};
 use rust_decimal::Decimal;
 use sqlx::PgPool;
 
-use tollgate::ledger::archive;
 use tollgate::ledger::months::{self, Month};
 use tollgate::ledger::quarantine::insert_isolating;
 use tollgate::ledger::LedgerRow;
+use tollgate::ledger::{archive, indexes};
 
 /// A row as the gateway builds it, for `tenant` at `started_at`.
 fn row(
@@ -154,6 +154,24 @@ async fn fill_old_ledger(pool: &PgPool, rows: i64) {
     .unwrap();
 }
 
+/// A writer storing one row at a time (tenant `live`, now) until `stop`:
+/// how many it stored and its longest write.
+fn live_writer(pool: &PgPool, stop: &Arc<AtomicBool>) -> tokio::task::JoinHandle<(u64, Duration)> {
+    let (pool, stop) = (pool.clone(), stop.clone());
+    tokio::spawn(async move {
+        let (mut written, mut longest) = (0u64, Duration::ZERO);
+        while !stop.load(Ordering::Relaxed) {
+            let mut batch = row(&format!("req_live_{written}"), "live", Utc::now(), None);
+            batch.upstream = None;
+            let started = Instant::now();
+            insert_isolating(&pool, &[batch]).await.unwrap();
+            longest = longest.max(started.elapsed());
+            written += 1;
+        }
+        (written, longest)
+    })
+}
+
 /// Upgrading a populated ledger while a writer keeps inserting: no row
 /// lost or changed, every report the same, writes never stalled for a
 /// second. `LEDGER_UPGRADE_ROWS` sets the size (the figure in BENCHMARKS).
@@ -177,25 +195,13 @@ async fn the_upgrade_is_online_and_loses_nothing(pool: PgPool) {
     assert_eq!(before.0, size);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (pool, stop) = (pool.clone(), stop.clone());
-        tokio::spawn(async move {
-            let (mut written, mut longest) = (0u64, Duration::ZERO);
-            while !stop.load(Ordering::Relaxed) {
-                let mut batch = row(&format!("req_live_{written}"), "live", Utc::now(), None);
-                batch.upstream = None;
-                let started = Instant::now();
-                insert_isolating(&pool, &[batch]).await.unwrap();
-                longest = longest.max(started.elapsed());
-                written += 1;
-            }
-            (written, longest)
-        })
-    };
+    let writer = live_writer(&pool, &stop);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     tollgate::state::migrate(&pool).await.unwrap();
     let took = started.elapsed();
+    // A replica starting on the upgraded database migrates nothing.
+    tollgate::state::migrate(&pool).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     let (written, longest) = writer.await.unwrap();
@@ -246,11 +252,138 @@ async fn the_upgrade_is_online_and_loses_nothing(pool: PgPool) {
     replay.upstream = None;
     insert_isolating(&pool, &[replay]).await.unwrap();
     assert_eq!(digest(&pool, "request_id = 'req_live_0'").await.0, 1);
+    // Migration 0020's indexes were built ahead, concurrently, on the old
+    // table, and the migration attached them (it built none under its
+    // lock); the indexes they replace are gone.
+    let legacy_indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+         WHERE i.indrelid = 'usage_ledger_legacy'::regclass AND i.indisvalid
+           AND EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = i.indexrelid)",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for prepared in [
+        "usage_ledger_legacy_time_idx",
+        "usage_ledger_legacy_model_idx",
+        "usage_ledger_legacy_response_idx",
+    ] {
+        assert!(
+            legacy_indexes.iter().any(|i| i == prepared),
+            "{prepared} attached: {legacy_indexes:?}"
+        );
+    }
+    assert_eq!(
+        parent_indexes_named(&pool, "usage_ledger_started_idx").await,
+        0
+    );
+    assert_eq!(
+        parent_indexes_named(&pool, "usage_ledger_model_started_idx").await,
+        0
+    );
+    assert_eq!(
+        parent_indexes_named(&pool, "usage_ledger_response_id_idx").await,
+        0
+    );
     let partitions = months::partitions(&pool).await.unwrap();
     assert!(partitions.iter().any(|p| p.state == "legacy"));
     assert!(partitions
         .iter()
         .any(|p| p.month.as_deref() == Some(&Month::of(Utc::now()).plus(2).to_string()[..])));
+}
+
+async fn parent_indexes_named(pool: &PgPool, name: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+         WHERE i.indrelid = 'usage_ledger'::regclass AND c.relname = $1",
+    )
+    .bind(name)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// A closed month's indexes are rebuilt once, concurrently, while a writer
+/// writes: smaller, every row and report the same, each index still valid
+/// and attached to the parent's; a month is not touched before it has been
+/// over for two days.
+#[sqlx::test(migrations = "./migrations")]
+async fn a_closed_months_indexes_are_compacted_once(pool: PgPool) {
+    let now = Utc::now();
+    let closed = Month::of(now).plus(-2);
+    months::create_range(&pool, closed, closed).await.unwrap();
+    // 40 tenants appending at once in time order, in the writer's batches:
+    // the pattern that leaves the (tenant, time) and (key, time) indexes
+    // half full.
+    for batch in 0..40 {
+        let rows: Vec<LedgerRow> = (0..500)
+            .map(|i| {
+                let n = batch * 500 + i;
+                row(
+                    &format!("req_closed_{n:06}"),
+                    &format!("t{:02}", n % 40),
+                    closed.start() + chrono::Duration::seconds(n),
+                    Some(Decimal::new(n + 1, 9)),
+                )
+            })
+            .collect();
+        insert_isolating(&pool, &rows).await.unwrap();
+    }
+    let before = digest(&pool, "true").await;
+    let this_month = Month::of(now).start();
+    let reports = reports_digest_before(&pool, "t07", this_month).await;
+    // Compacted while a writer writes into this month.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = live_writer(&pool, &stop);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let not_yet = Month::of(now).end() + chrono::Duration::days(1);
+    let (first, _) = indexes::compact_next(&pool, not_yet).await.unwrap();
+    let first = first.expect("the month over for two days is due");
+    assert_eq!(first.partition, closed.partition(), "only it is due");
+    assert!(
+        first.bytes_after < first.bytes_before,
+        "rebuilt smaller: {first:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (written, longest) = writer.await.unwrap();
+    assert!(written > 0);
+    assert!(
+        longest < Duration::from_secs(1),
+        "a write waited {longest:?}"
+    );
+    let (again, more) = indexes::compact_next(&pool, not_yet).await.unwrap();
+    assert!(again.is_none() && !more, "compacted once: {again:?}");
+
+    // This month is due two days after it ends.
+    let later = Month::of(now).end() + chrono::Duration::days(3);
+    let (second, _) = indexes::compact_next(&pool, later).await.unwrap();
+    assert_eq!(second.unwrap().partition, Month::of(now).partition());
+
+    assert_eq!(digest(&pool, "tenant_id <> 'live'").await, before);
+    assert_eq!(
+        reports_digest_before(&pool, "t07", this_month).await,
+        reports
+    );
+    for month in [closed, Month::of(now)] {
+        let broken: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_index i WHERE i.indrelid = to_regclass($1)
+               AND (NOT i.indisvalid OR NOT EXISTS
+                    (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = i.indexrelid))",
+        )
+        .bind(month.partition())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(broken, 0, "{month}: every index valid and attached");
+    }
+    let listed = months::partitions(&pool).await.unwrap();
+    let shown = listed
+        .iter()
+        .find(|p| p.month.as_deref() == Some(&closed.to_string()[..]))
+        .unwrap();
+    assert!(shown.compacted_at.is_some());
+    assert_rollups_exact(&pool).await;
 }
 
 /// A fresh ledger has this month and three ahead; a row no month covers
@@ -489,7 +622,7 @@ async fn retention_archives_months_past_it(pool: PgPool) {
     insert_isolating(&pool, &rows).await.unwrap();
     let reports = reports_digest(&pool, "acme").await;
     let dir = tempfile::tempdir().unwrap();
-    let mut job = months::MonthsJob {
+    let mut job = tollgate::ledger::upkeep::MonthsJob {
         retention_months: Some(2),
         archive_dir: dir.path().to_path_buf(),
     };
@@ -516,4 +649,141 @@ async fn retention_archives_months_past_it(pool: PgPool) {
     let manifest = archive::verify(&pool, dir.path(), old).await.unwrap();
     assert_eq!(manifest.rows, 1);
     assert_eq!(manifest.cost_sum["usd"], "0.007");
+}
+
+/// An upgraded ledger's legacy partition leaves by retention too: once its
+/// last month is past retention, each of its months is archived and
+/// verified (`pending`: rows still served), then the table is re-checked,
+/// detached and dropped; reports answer the same, records of those months
+/// answer 410, and a month restores row for row. A legacy row changed after
+/// its month's archive stops the drop and has that month archived again.
+#[sqlx::test(migrations = false)]
+async fn the_legacy_partition_is_archived_month_by_month_then_dropped(pool: PgPool) {
+    migrate_to_0017(&pool).await;
+    let now = Utc::now();
+    // Rows 100 to 199 days old; the upgrade's bound three months back
+    // (as if it had run then), so its last month is past retention.
+    sqlx::query(
+        "INSERT INTO usage_ledger (request_id, response_id, tenant_id, api_key_id, endpoint, model,
+            stream, status, usage_source, input_tokens, output_tokens, total_tokens, cost,
+            unpriced_reason, currency, started_at, finished_at)
+         SELECT 'req_legacy_' || g, 'resp_legacy_' || g, 'acme', 'key_a', 'responses.create',
+            'gpt-5.5', false, 'completed', 'reported', 100, 20, 120,
+            CASE WHEN g % 7 = 0 THEN NULL ELSE g * 0.0000000001234567 END,
+            CASE WHEN g % 7 = 0 THEN 'no_price' END, 'usd',
+            now() - (100 + g % 100) * interval '1 day', now() - (100 + g % 100) * interval '1 day'
+         FROM generate_series(1, 2000) g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let bound = Month::of(now).plus(-2);
+    sqlx::query(&format!(
+        "ALTER TABLE usage_ledger ADD CONSTRAINT usage_ledger_upgrade_bound_{}
+         CHECK (started_at < '{}')",
+        bound.first_day().format("%Y%m"),
+        bound.start().to_rfc3339()
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    tollgate::state::migrate(&pool).await.unwrap();
+    assert_eq!(
+        months::legacy_end(&pool).await.unwrap(),
+        Some(bound.start())
+    );
+    let held = months::legacy_months(&pool).await.unwrap();
+    assert!(held.len() >= 4, "{held:?}");
+    let before = digest(&pool, "true").await;
+    let reports = reports_digest(&pool, "acme").await;
+
+    // Retention keeping two months: every legacy month is due, oldest first.
+    let oldest_kept = Month::of(now).plus(-1);
+    // (then the empty month partitions after the legacy bound)
+    let legacy_due = || async {
+        months::months_past_retention(&pool, oldest_kept)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|m| *m < bound)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(legacy_due().await, held);
+    let dir = tempfile::tempdir().unwrap();
+    for month in &held[..held.len() - 1] {
+        archive::archive_and_drop(&pool, dir.path(), *month)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        digest(&pool, "true").await,
+        before,
+        "rows stay until the last"
+    );
+    assert!(
+        archive::archived_in(&pool, None, None)
+            .await
+            .unwrap()
+            .is_none(),
+        "pending months still serve their rows"
+    );
+    // A reprice of a pending month's row: the drop (due with the last
+    // month's archive) refuses, that month is due again, and its new
+    // archive drops the legacy partition.
+    let last = *held.last().unwrap();
+    sqlx::query(
+        "UPDATE usage_ledger SET cost = cost + 0.0000000000000001
+         WHERE request_id = (SELECT request_id FROM usage_ledger
+                             WHERE started_at >= $1 AND started_at < $2 AND cost IS NOT NULL LIMIT 1)",
+    )
+    .bind(held[0].start())
+    .bind(held[0].end())
+    .execute(&pool)
+    .await
+    .unwrap();
+    let refused = archive::archive_and_drop(&pool, dir.path(), last).await;
+    assert!(refused.is_err(), "a changed legacy row stops the drop");
+    assert_eq!(
+        legacy_due().await,
+        vec![held[0]],
+        "the changed month is archived again"
+    );
+    let before = digest(&pool, "true").await;
+    let reports_repriced = reports_digest(&pool, "acme").await;
+    assert_ne!(reports_repriced, reports);
+    archive::archive_and_drop(&pool, dir.path(), held[0])
+        .await
+        .unwrap();
+    assert_eq!(
+        months::legacy_end(&pool).await.unwrap(),
+        None,
+        "the last month archived drops the table"
+    );
+    assert!(legacy_due().await.is_empty());
+    assert_eq!(digest(&pool, "true").await.0, 0);
+    assert_eq!(reports_digest(&pool, "acme").await, reports_repriced);
+    let listed = months::partitions(&pool).await.unwrap();
+    for month in &held {
+        assert!(
+            listed.iter().any(
+                |p| p.state == "archived" && p.month.as_deref() == Some(&month.to_string()[..])
+            ),
+            "{month} listed archived"
+        );
+        archive::verify(&pool, dir.path(), *month).await.unwrap();
+    }
+    assert!(
+        archive::archived_in(&pool, Some(held[1].start()), Some(held[1].end()))
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // Every month restores as it was.
+    for month in &held {
+        archive::restore(&pool, dir.path(), *month).await.unwrap();
+    }
+    assert_eq!(digest(&pool, "true").await, before);
+    assert_eq!(reports_digest(&pool, "acme").await, reports_repriced);
+    assert_rollups_exact(&pool).await;
 }

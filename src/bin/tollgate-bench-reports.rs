@@ -236,12 +236,22 @@ async fn bench(cli: &Cli, base: &PgConnectOptions, name: &str, load: bool) -> Re
     )
     .await?;
 
+    // The row before and after 0020 first: its two databases are gone
+    // before the big load fills the disk.
+    let lean = if cli.ledger {
+        let lean = ledger_scale::lean_before_after(base).await?;
+        eprintln!("{lean}");
+        lean
+    } else {
+        String::new()
+    };
     let mut load_line = String::from("(reused database)");
     if load {
         let keys = create_keys(&pool).await?;
         let began = Instant::now();
         if cli.sql_load {
-            ledger_scale::load_sql(&pool, &keys, cli.rows, start, cli.copy_workers).await?;
+            ledger_scale::load_sql(&pool, &keys, cli.rows, start, cli.copy_workers, cli.ledger)
+                .await?;
         } else {
             copy_rows(&options, cli, &keys, start).await?;
         }
@@ -258,6 +268,11 @@ async fn bench(cli: &Cli, base: &PgConnectOptions, name: &str, load: bool) -> Re
         eprintln!("{load_line}");
     }
     let sizes = table_sizes(&pool).await?;
+    let compaction = if cli.ledger {
+        ledger_scale::bytes_and_compaction(&pool).await?
+    } else {
+        String::new()
+    };
 
     // The biggest tenant, its busiest key, and a client key to act as it.
     let (tenant, key_id): (String, String) = sqlx::query_as(
@@ -283,7 +298,16 @@ async fn bench(cli: &Cli, base: &PgConnectOptions, name: &str, load: bool) -> Re
             key: &tenant_key,
             key_id: &key_id,
         };
-        let md = ledger_scale::run(cli, base, &pool, &server, &who, start, &load_line).await?;
+        let md = ledger_scale::run(
+            cli,
+            base,
+            &pool,
+            &server,
+            &who,
+            start,
+            &format!("{load_line}\n\n{compaction}\n{lean}"),
+        )
+        .await?;
         println!("{md}");
         server.stop();
         return Ok(());
@@ -581,7 +605,11 @@ fn generate(
         let null = "\\N".to_owned();
         let _ = writeln!(
             buf,
-            "bench_{i:010}\tresp_bench_{i:010}\t{tenant}\t{key}\tresponses.create\t{model}\tdefault\t{upstream_model}\t{stream}\t{status}\treported\t{input}\t{cached}\t{output}\t{reasoning}\t{total}\t{tier}\t{cost}\t{reason}\tusd\t200\t1\t{end_user}\t{started}\t{first_byte}\t{finished}",
+            "req_{:012x}{:020x}\tresp_{:032x}{:016x}\t{tenant}\t{key}\tresponses.create\t{model}\tdefault\t{upstream_model}\t{stream}\t{status}\treported\t{input}\t{cached}\t{output}\t{reasoning}\t{total}\t{tier}\t{cost}\t{reason}\tusd\t200\t1\t{end_user}\t{started}\t{first_byte}\t{finished}",
+            at_us / 1_000,
+            rng.random::<u128>() >> 48,
+            rng.random::<u128>(),
+            rng.random::<u64>(),
             key = tenant_keys[k],
             model = MODELS[model].0,
             upstream_model = MODELS[model].0.trim_start_matches("turing/"),

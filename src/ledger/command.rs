@@ -90,6 +90,17 @@ pub async fn run(pool: PgPool, archive_dir: PathBuf, command: LedgerCommand) -> 
         Action::Restore(m) => ("restored", m),
     };
     let manifest = once.done.context("the job ran without a result")?;
+    let pending: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM ledger_archives WHERE month = $1 AND state = 'pending')",
+    )
+    .bind(month.first_day())
+    .fetch_one(&ctx.pool)
+    .await?;
+    let verb = if pending {
+        "archived and verified; its rows stay in usage_ledger_legacy until every month there is archived"
+    } else {
+        verb
+    };
     print_manifest(verb, &manifest, &archive_dir, month);
     Ok(())
 }
@@ -160,16 +171,19 @@ async fn print_partitions(pool: &PgPool, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<10} {:<9} {:>12} {:>14}  table",
-        "month", "state", "rows", "bytes"
+        "{:<10} {:<9} {:>12} {:>14}  {:<10} table",
+        "month", "state", "rows", "bytes", "compacted"
     );
     for p in list {
         println!(
-            "{:<10} {:<9} {:>12} {:>14}  {}",
+            "{:<10} {:<9} {:>12} {:>14}  {:<10} {}",
             p.month.as_deref().unwrap_or("-"),
             p.state,
             p.rows,
             p.bytes,
+            p.compacted_at
+                .map(|t| t.format("%Y-%m-%d").to_string())
+                .unwrap_or_else(|| "-".into()),
             p.table.as_deref().unwrap_or("-")
         );
     }

@@ -17,11 +17,13 @@ pub mod api;
 pub mod archive;
 pub mod boundary;
 pub mod command;
+pub mod indexes;
 mod insert;
 pub mod months;
 pub mod owners;
 pub mod quarantine;
 pub mod spool;
+pub mod upkeep;
 mod writer;
 
 use chrono::{DateTime, Utc};

@@ -3,10 +3,11 @@
 //! row no month covers.
 //!
 //! Owns: preparing an unpartitioned ledger for the upgrade without blocking
-//! writers ([`prepare_upgrade`], run before the migrations), the
-//! `ledger.months` [`Job`] (creates months ahead, moves rows out of the
-//! default partition, hands months past retention to [`super::archive`]),
-//! and the list of months with their rows, bytes and state. Never deletes a
+//! writers ([`prepare_upgrade`], run before the migrations), creating
+//! months ahead and moving rows out of the default partition, the months
+//! past retention (the legacy partition's included), and the list of months
+//! with their rows, bytes and state. The `ledger.months` job that drives it
+//! all is [`super::upkeep`]. Never deletes a
 //! ledger row from a month, and never changes a rollup: rows moved between
 //! partitions and months detached address the partitions, not the parent
 //! whose triggers keep the rollups.
@@ -17,8 +18,6 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike, Months, NaiveDate, TimeZone, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
-
-use crate::jobs::{Job, JobContext, JobError, Progress};
 
 /// Months created ahead of the current one.
 pub const MONTHS_AHEAD: u32 = 3;
@@ -188,6 +187,9 @@ pub struct PartitionInfo {
     /// The archive's manifest, for an archived (or restored) month.
     #[schema(value_type = Option<Object>)]
     pub archive: Option<serde_json::Value>,
+    /// When the closed partition's indexes were rebuilt full
+    /// ([`super::indexes::compact_next`]); null until then.
+    pub compacted_at: Option<DateTime<Utc>>,
 }
 
 /// Every partition and every archived month, oldest first, default last.
@@ -203,8 +205,15 @@ pub async fn partitions(pool: &PgPool) -> Result<Vec<PartitionInfo>, sqlx::Error
         sqlx::query_as("SELECT month, state, manifest FROM ledger_archives")
             .fetch_all(pool)
             .await?;
+    let compacted: std::collections::HashMap<String, DateTime<Utc>> =
+        sqlx::query_as("SELECT partition, compacted_at FROM ledger_compactions")
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect();
     let mut out = Vec::new();
     for (table, bound, bytes) in live {
+        let compacted_at = compacted.get(&table).copied();
         let info = match table.as_str() {
             "usage_ledger_default" => PartitionInfo {
                 month: None,
@@ -215,6 +224,7 @@ pub async fn partitions(pool: &PgPool) -> Result<Vec<PartitionInfo>, sqlx::Error
                 rows: default_rows(pool).await?,
                 bytes,
                 archive: None,
+                compacted_at: None,
             },
             "usage_ledger_legacy" => {
                 let to = legacy_bound(&bound);
@@ -225,6 +235,7 @@ pub async fn partitions(pool: &PgPool) -> Result<Vec<PartitionInfo>, sqlx::Error
                     from: None,
                     to,
                     rows: rollup_rows(pool, None, to).await?,
+                    compacted_at,
                     bytes,
                     archive: None,
                 }
@@ -247,6 +258,7 @@ pub async fn partitions(pool: &PgPool) -> Result<Vec<PartitionInfo>, sqlx::Error
                     from: Some(month.start()),
                     to: Some(month.end()),
                     rows: rollup_rows(pool, Some(month.start()), Some(month.end())).await?,
+                    compacted_at,
                     bytes,
                     archive,
                 }
@@ -270,6 +282,7 @@ pub async fn partitions(pool: &PgPool) -> Result<Vec<PartitionInfo>, sqlx::Error
             rows: manifest.get("rows").and_then(|r| r.as_i64()).unwrap_or(0),
             bytes: 0,
             archive: Some(manifest),
+            compacted_at: None,
         });
     }
     out.sort_by_key(|p| (p.state == "default", p.from.is_some(), p.from));
@@ -277,7 +290,7 @@ pub async fn partitions(pool: &PgPool) -> Result<Vec<PartitionInfo>, sqlx::Error
 }
 
 /// `FOR VALUES FROM (MINVALUE) TO ('2027-01-01 00:00:00+00')` → its end.
-fn legacy_bound(bound: &str) -> Option<DateTime<Utc>> {
+pub(super) fn legacy_bound(bound: &str) -> Option<DateTime<Utc>> {
     let to = bound.split("TO ('").nth(1)?.split('\'').next()?;
     DateTime::parse_from_str(&format!("{to}00"), "%Y-%m-%d %H:%M:%S%z")
         .ok()
@@ -300,12 +313,72 @@ async fn rollup_rows(
     .await
 }
 
-/// Months before `oldest_kept` that still have a partition: what retention
-/// archives, oldest first.
+/// The end of the legacy partition of an upgraded ledger (everything before
+/// it lives there), while it exists.
+pub async fn legacy_end(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    let bound: Option<String> = sqlx::query_scalar(
+        "SELECT pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i
+         JOIN pg_class c ON c.oid = i.inhrelid
+         WHERE i.inhparent = 'usage_ledger'::regclass AND c.relname = 'usage_ledger_legacy'",
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(bound.as_deref().and_then(legacy_bound))
+}
+
+/// The months the legacy partition holds rows of, oldest first (from the
+/// daily fleet rollup: exact, and no scan of the legacy table).
+pub async fn legacy_months(pool: &PgPool) -> Result<Vec<Month>, sqlx::Error> {
+    let Some(end) = legacy_end(pool).await? else {
+        return Ok(Vec::new());
+    };
+    let days: Vec<NaiveDate> = sqlx::query_scalar(
+        "SELECT DISTINCT date_trunc('month', bucket AT TIME ZONE 'UTC')::date
+         FROM usage_rollup_daily_fleet WHERE bucket < $1 AND requests > 0 ORDER BY 1",
+    )
+    .bind(end)
+    .fetch_all(pool)
+    .await?;
+    Ok(days.into_iter().filter_map(Month::from_first_day).collect())
+}
+
+/// Legacy months retention archives: none until the legacy partition's
+/// last month is past retention (its rows leave together, by one `DROP`),
+/// then each month without an archive, oldest first; once each has one
+/// (`pending`: written and verified, rows still in the table), the newest
+/// again, whose archive ends by dropping the table.
+async fn legacy_past_retention(
+    pool: &PgPool,
+    oldest_kept: Month,
+) -> Result<Vec<Month>, sqlx::Error> {
+    match legacy_end(pool).await? {
+        Some(end) if end <= oldest_kept.start() => {}
+        _ => return Ok(Vec::new()),
+    }
+    let held = legacy_months(pool).await?;
+    let archived: Vec<NaiveDate> = sqlx::query_scalar("SELECT month FROM ledger_archives")
+        .fetch_all(pool)
+        .await?;
+    let missing: Vec<Month> = held
+        .iter()
+        .copied()
+        .filter(|m| !archived.contains(&m.first_day()))
+        .collect();
+    Ok(if missing.is_empty() {
+        held.last().copied().into_iter().collect()
+    } else {
+        missing
+    })
+}
+
+/// Months before `oldest_kept` still in the database (the legacy
+/// partition's first, see [`legacy_past_retention`], then months with a
+/// partition): what retention archives, oldest first.
 pub async fn months_past_retention(
     pool: &PgPool,
     oldest_kept: Month,
 ) -> Result<Vec<Month>, sqlx::Error> {
+    let legacy = legacy_past_retention(pool, oldest_kept).await?;
     let names: Vec<String> = sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
          WHERE i.inhparent = 'usage_ledger'::regclass AND c.relname ~ '^usage_ledger_[0-9]{4}_[0-9]{2}$'
@@ -313,66 +386,15 @@ pub async fn months_past_retention(
     )
     .fetch_all(pool)
     .await?;
-    Ok(names
-        .iter()
-        .filter_map(|n| Month::parse(&n["usage_ledger_".len()..].replacen('_', "-", 1)))
-        .filter(|m| *m < oldest_kept)
+    Ok(legacy
+        .into_iter()
+        .chain(
+            names
+                .iter()
+                .filter_map(|n| Month::parse(&n["usage_ledger_".len()..].replacen('_', "-", 1)))
+                .filter(|m| *m < oldest_kept),
+        )
         .collect())
-}
-
-/// The `ledger.months` job: months ahead, the default partition emptied into
-/// real months, then (with `retention_months`) one month past retention
-/// archived per step.
-pub struct MonthsJob {
-    pub retention_months: Option<u32>,
-    pub archive_dir: std::path::PathBuf,
-}
-
-impl Job for MonthsJob {
-    fn name(&self) -> String {
-        JOB_NAME.to_owned()
-    }
-
-    fn every(&self) -> Duration {
-        Duration::from_secs(3_600)
-    }
-
-    async fn step(&mut self, ctx: &JobContext) -> Result<Progress, JobError> {
-        let now = Utc::now();
-        ensure_months(&ctx.pool, now).await?;
-        let waiting = default_rows(&ctx.pool).await?;
-        let mut progress = Progress {
-            cursor: Some(Month::of(now).to_string()),
-            lag_rows: Some(waiting),
-            ..Progress::idle()
-        };
-        let Some(keep) = self.retention_months else {
-            return Ok(progress);
-        };
-        let oldest_kept = Month::of(now).plus(1 - keep as i32);
-        let due = months_past_retention(&ctx.pool, oldest_kept).await?;
-        if let Some(month) = due.first() {
-            super::archive::archive_and_drop(&ctx.pool, &self.archive_dir, *month)
-                .await
-                .map_err(JobError::failed)?;
-            progress.more = due.len() > 1;
-            progress.cursor = Some(format!("archived {month}"));
-        }
-        Ok(progress)
-    }
-}
-
-/// Starts the job on this replica.
-pub fn spawn(
-    tasks: &tokio_util::task::TaskTracker,
-    ctx: JobContext,
-    config: &crate::config::LedgerConfig,
-) {
-    let job = MonthsJob {
-        retention_months: config.retention_months,
-        archive_dir: config.archive_dir.clone(),
-    };
-    crate::jobs::spawn(tasks, ctx, job);
 }
 
 /// Before the migrations: when migration 0018 is still to run over an
@@ -384,28 +406,7 @@ pub fn spawn(
 /// `CONCURRENTLY` then made constraints. Each step is idempotent, so an
 /// interrupted preparation resumes.
 pub async fn prepare_upgrade(pool: &PgPool) -> Result<(), sqlx::Error> {
-    // A fresh database has neither table; the query naming the migrations
-    // table runs only once it exists.
-    let unpartitioned: bool = sqlx::query_scalar(
-        "SELECT to_regclass('_sqlx_migrations') IS NOT NULL
-            AND EXISTS (SELECT 1 FROM pg_class WHERE oid = to_regclass('usage_ledger') AND relkind = 'r')",
-    )
-    .fetch_one(pool)
-    .await?;
-    if !unpartitioned {
-        return Ok(());
-    }
-    let done: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version = 18)")
-            .fetch_one(pool)
-            .await?;
-    if done {
-        return Ok(());
-    }
-    let has_rows: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM usage_ledger)")
-        .fetch_one(pool)
-        .await?;
-    if !has_rows {
+    if !upgrade_due(pool, 18, "r").await? {
         return Ok(());
     }
     let started = std::time::Instant::now();
@@ -487,17 +488,29 @@ pub fn upgrade_bound(now: DateTime<Utc>) -> Month {
 /// A catalog-only change under a lock writers wait for: a second at most,
 /// retried, so a long reader never makes the writers queue behind it.
 async fn briefly(pool: &PgPool, statement: &str) -> Result<(), sqlx::Error> {
+    begin_locked(pool, statement, 30).await?.commit().await
+}
+
+/// A transaction that has run `statement` (one that takes a lock), the
+/// lock waited for a second at a time: a waiting exclusive lock makes
+/// every later query of the table queue behind it, so it gives way and
+/// tries again (200 ms later, up to `attempts` more times) while something
+/// else holds the table.
+pub(super) async fn begin_locked(
+    pool: &PgPool,
+    statement: &str,
+    attempts: u32,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
     let mut attempt = 0;
     loop {
         let mut tx = pool.begin().await?;
         sqlx::query("SET LOCAL lock_timeout = '1s'")
             .execute(&mut *tx)
             .await?;
-        let result = sqlx::query(statement).execute(&mut *tx).await;
-        match result {
-            Ok(_) => return tx.commit().await,
+        match sqlx::query(statement).execute(&mut *tx).await {
+            Ok(_) => return Ok(tx),
             Err(sqlx::Error::Database(db))
-                if db.code().as_deref() == Some("55P03") && attempt < 30 =>
+                if db.code().as_deref() == Some("55P03") && attempt < attempts =>
             {
                 attempt += 1;
                 drop(tx);
@@ -508,9 +521,14 @@ async fn briefly(pool: &PgPool, statement: &str) -> Result<(), sqlx::Error> {
     }
 }
 
-/// A unique index built without blocking writes; a build that failed
-/// before (left invalid) is dropped and built again.
-async fn concurrent_unique(pool: &PgPool, name: &str, columns: &str) -> Result<(), sqlx::Error> {
+/// `statement` (a `CREATE … INDEX CONCURRENTLY name …`), unless a valid
+/// index `name` exists; an invalid one (an interrupted build) is dropped
+/// first.
+pub(super) async fn build_concurrently(
+    pool: &PgPool,
+    name: &str,
+    statement: &str,
+) -> Result<(), sqlx::Error> {
     let valid: Option<bool> = sqlx::query_scalar(
         "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
          WHERE c.relname = $1",
@@ -521,18 +539,54 @@ async fn concurrent_unique(pool: &PgPool, name: &str, columns: &str) -> Result<(
     match valid {
         Some(true) => return Ok(()),
         Some(false) => {
-            sqlx::query(&format!("DROP INDEX CONCURRENTLY {name}"))
+            sqlx::query(&format!("DROP INDEX CONCURRENTLY \"{name}\""))
                 .execute(pool)
                 .await?;
         }
         None => {}
     }
-    sqlx::query(&format!(
-        "CREATE UNIQUE INDEX CONCURRENTLY {name} ON usage_ledger ({columns})"
-    ))
-    .execute(pool)
-    .await?;
+    sqlx::query(statement).execute(pool).await?;
     Ok(())
+}
+
+/// A unique index on the old table built without blocking writes.
+async fn concurrent_unique(pool: &PgPool, name: &str, columns: &str) -> Result<(), sqlx::Error> {
+    let statement = format!("CREATE UNIQUE INDEX CONCURRENTLY {name} ON usage_ledger ({columns})");
+    build_concurrently(pool, name, &statement).await
+}
+
+/// Whether migration `version` still has to run over a ledger that holds
+/// rows, `usage_ledger` being of `relkind` (`r` a table, `p` partitioned):
+/// when its slow part is to be done ahead. False on a fresh database
+/// (neither table yet; the query naming the migrations table runs only once
+/// it exists).
+pub(super) async fn upgrade_due(
+    pool: &PgPool,
+    version: i64,
+    relkind: &str,
+) -> Result<bool, sqlx::Error> {
+    let exists: bool = sqlx::query_scalar(
+        "SELECT to_regclass('_sqlx_migrations') IS NOT NULL
+            AND EXISTS (SELECT 1 FROM pg_class WHERE oid = to_regclass('usage_ledger')
+                        AND relkind::text = $1)",
+    )
+    .bind(relkind)
+    .fetch_one(pool)
+    .await?;
+    if !exists {
+        return Ok(false);
+    }
+    let done: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version = $1)")
+            .bind(version)
+            .fetch_one(pool)
+            .await?;
+    if done {
+        return Ok(false);
+    }
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM usage_ledger)")
+        .fetch_one(pool)
+        .await
 }
 
 #[cfg(test)]

@@ -97,7 +97,6 @@ pub(super) async fn run(
         "{rows} rows, {live} partitions, {} bytes/row",
         bytes / rows.max(1)
     );
-
     let tenant_month = |m: Month| {
         format!(
             "/v1/usage?start_time={}&end_time={}&bucket_width=1d&group_by=model&limit=31",
@@ -222,6 +221,202 @@ async fn dashboard_first_load(
     Ok((cold, quantile(&warm, 0.5), quantile(&warm, 0.95)))
 }
 
+/// Bytes per row by part as loaded, then every closed partition's indexes
+/// compacted as the `ledger.months` job does, and the bytes again. Runs
+/// before the gateway starts (its own job would compact beside the reports
+/// being timed).
+pub(super) async fn bytes_and_compaction(pool: &PgPool) -> Result<String> {
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(requests), 0)::bigint FROM usage_rollup_daily_fleet",
+    )
+    .fetch_one(pool)
+    .await?;
+    let (during, before, after_during, secs): (i64, Option<i64>, Option<i64>, Option<f64>) =
+        sqlx::query_as(
+            "SELECT count(*), sum(bytes_before)::bigint, sum(bytes_after)::bigint, sum(seconds)
+             FROM ledger_compactions",
+        )
+        .fetch_one(pool)
+        .await?;
+    let loaded = bytes_by_part(pool).await?;
+    let began = Instant::now();
+    let compacted = compact_all(pool).await?;
+    let took = began.elapsed();
+    let after = bytes_by_part(pool).await?;
+    eprintln!(
+        "compacted {compacted} partitions in {:.0} s",
+        took.as_secs_f64()
+    );
+    let per_row = |b: Option<i64>| b.unwrap_or(0) as f64 / rows.max(1) as f64;
+    Ok(format!(
+        "Compacted while the load ran (as the job does once a month is two days over): \
+         {during} partitions, their indexes {:.1} → {:.1} bytes per row of the ledger, \
+         {:.0} s of `REINDEX TABLE CONCURRENTLY`. Bytes per row by part after the load, \
+         and after compacting the {compacted} closed partitions left ({:.0} s):\n\n{}",
+        per_row(before),
+        per_row(after_during),
+        secs.unwrap_or(0.0),
+        took.as_secs_f64(),
+        bytes_table(
+            &[
+                ("after the load", &loaded),
+                ("all closed compacted", &after)
+            ],
+            rows
+        )
+    ))
+}
+
+/// The ledger's bytes on disk by part, summed over its partitions: the
+/// table (heap, TOAST, maps) and each index under its parent's name.
+async fn bytes_by_part(pool: &PgPool) -> Result<Vec<(String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT 'table', coalesce(sum(pg_table_size(h.inhrelid)), 0)::bigint
+         FROM pg_inherits h WHERE h.inhparent = 'usage_ledger'::regclass
+         UNION ALL
+         SELECT coalesce(pc.relname, ci.relname)::text, sum(pg_relation_size(ci.oid))::bigint
+         FROM pg_inherits h
+         JOIN pg_index i ON i.indrelid = h.inhrelid
+         JOIN pg_class ci ON ci.oid = i.indexrelid
+         LEFT JOIN pg_inherits hi ON hi.inhrelid = ci.oid
+         LEFT JOIN pg_class pc ON pc.oid = hi.inhparent
+         WHERE h.inhparent = 'usage_ledger'::regclass
+         GROUP BY 1 ORDER BY 2 DESC",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Every closed partition's indexes compacted, as the `ledger.months` job
+/// does one per step (the gateway's own job may take some of them: this
+/// waits until none is left); returns how many.
+async fn compact_all(pool: &PgPool) -> Result<usize> {
+    use tollgate::ledger::indexes;
+    let waiting = indexes::due(pool, chrono::Utc::now()).await?;
+    while indexes::due(pool, chrono::Utc::now()).await? > 0 {
+        let (compacted, _) = indexes::compact_next(pool, chrono::Utc::now()).await?;
+        if compacted.is_none() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    Ok(waiting)
+}
+
+/// A Markdown table of bytes per row: one row per part (table, each
+/// index), one column per measurement, and the sum.
+fn bytes_table(columns: &[(&str, &[(String, i64)])], rows: i64) -> String {
+    let per_row = |b: i64| format!("{:.1}", b as f64 / rows.max(1) as f64);
+    let mut names: Vec<String> = Vec::new();
+    for (_, parts) in columns {
+        for (name, _) in parts.iter() {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+    }
+    let mut out = format!(
+        "| bytes per row | {} |\n|---|{}\n",
+        columns.iter().map(|c| c.0).collect::<Vec<_>>().join(" | "),
+        "---|".repeat(columns.len())
+    );
+    for name in names.iter().map(String::as_str).chain(["all"]) {
+        let cells: Vec<String> = columns
+            .iter()
+            .map(|(_, parts)| {
+                if name == "all" {
+                    return per_row(parts.iter().map(|p| p.1).sum());
+                }
+                parts
+                    .iter()
+                    .find(|p| p.0 == name)
+                    .map_or("-".to_owned(), |p| per_row(p.1))
+            })
+            .collect();
+        let shown = name.strip_prefix("usage_ledger_").unwrap_or(name);
+        let _ = writeln!(out, "| {shown} | {} |", cells.join(" | "));
+    }
+    out
+}
+
+/// The row before and after migration 0020 (leaner indexes) and after the
+/// closed months' compaction: the same 2,000,000 generated rows over two
+/// months, loaded into a fresh database at 0019 and one at the head.
+pub(super) async fn lean_before_after(base: &PgConnectOptions) -> Result<String> {
+    const ROWS: u64 = 2_000_000;
+    let start = END - 61 * 86_400;
+    let mut admin = base.clone().database("postgres").connect().await?;
+    let mut measured: Vec<(&str, Vec<(String, i64)>)> = Vec::new();
+    for (label, upto) in [("0019", 19), ("0020", i64::MAX)] {
+        let name = format!("tollgate_bench_lean_{label}_{}", std::process::id());
+        let pool = fresh_database(&mut admin, base, &name, upto).await?;
+        months::create_range(
+            &pool,
+            Month::of(DateTime::from_timestamp(start, 0).unwrap_or_default()),
+            Month::of(DateTime::from_timestamp(END, 0).unwrap_or_default()),
+        )
+        .await?;
+        let keys = super::create_keys(&pool).await?;
+        load_sql(&pool, &keys, ROWS, start, 2, false).await?;
+        sqlx::query("VACUUM ANALYZE usage_ledger")
+            .execute(&pool)
+            .await?;
+        measured.push((
+            if upto == 19 { "0019" } else { "0020" },
+            bytes_by_part(&pool).await?,
+        ));
+        if upto != 19 {
+            compact_all(&pool).await?;
+            measured.push(("0020, closed months compacted", bytes_by_part(&pool).await?));
+        }
+        pool.close().await;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .execute(&mut admin)
+            .await?;
+    }
+    let _ = admin.close().await;
+    let columns: Vec<(&str, &[(String, i64)])> =
+        measured.iter().map(|(l, p)| (*l, p.as_slice())).collect();
+    Ok(format!(
+        "The row before and after migration 0020 (leaner indexes), the same {ROWS} generated rows \
+         over two months loaded into a fresh database at each:\n\n{}",
+        bytes_table(&columns, ROWS as i64)
+    ))
+}
+
+/// A new database `name` (ours: letters, digits, underscores) with the
+/// migrations up to `version`.
+async fn fresh_database(
+    admin: &mut sqlx::PgConnection,
+    base: &PgConnectOptions,
+    name: &str,
+    version: i64,
+) -> Result<PgPool> {
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut *admin)
+        .await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(base.clone().database(name))
+        .await?;
+    migrate_to(&pool, version).await?;
+    Ok(pool)
+}
+
+/// The migrations up to `version`.
+async fn migrate_to(pool: &PgPool, version: i64) -> Result<()> {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.migrations = std::borrow::Cow::Owned(
+        migrator
+            .migrations
+            .iter()
+            .filter(|m| m.version <= version)
+            .cloned()
+            .collect(),
+    );
+    migrator.run(pool).await?;
+    Ok(())
+}
+
 /// The batching writer into a one-table ledger (migrations up to 0017) and
 /// into a partitioned one (all migrations), both fresh databases, the same
 /// rows, alternating; and bytes per row of each at that size.
@@ -231,23 +426,7 @@ async fn writer_before_after(base: &PgConnectOptions, _loaded: &PgPool) -> Resul
     let mut pools = Vec::new();
     for (suffix, upto) in [("flat", 17), ("months", i64::MAX)] {
         let name = format!("tollgate_bench_ledger_{suffix}_{}", std::process::id());
-        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-            .execute(&mut admin)
-            .await?;
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .connect_with(base.clone().database(&name))
-            .await?;
-        let mut migrator = sqlx::migrate!("./migrations");
-        migrator.migrations = std::borrow::Cow::Owned(
-            migrator
-                .migrations
-                .iter()
-                .filter(|m| m.version <= upto)
-                .cloned()
-                .collect(),
-        );
-        migrator.run(&pool).await?;
+        let pool = fresh_database(&mut admin, base, &name, upto).await?;
         if upto == i64::MAX {
             months::create_range(
                 &pool,
@@ -352,11 +531,15 @@ async fn archive_oldest(pool: &PgPool, month: Month) -> Result<String> {
 
 /// `--sql-load`: the rows generated by PostgreSQL itself (`INSERT … SELECT
 /// FROM generate_series`, 250 000 rows a statement, so the rollup triggers
-/// run per statement as for a COPY), on `workers` connections. The same
+/// run per statement as for a COPY), on `workers` connections. Ids as the
+/// gateway and OpenAI make them: `req_` and 32 hex digits, the first 12 the
+/// time in milliseconds (UUIDv7), `resp_` and 48 random hex digits. The same
 /// shape as the COPY generator, drawn from a hash of the row number: tenant
 /// t000 ~10% of the rows, 3 keys a tenant, 8 models (a favourite per key
 /// 70%), tiers default 80% / flex 8% / priority 7% / none 5%, completed
-/// 93%, end users null 40% else one of 20 000, 1% unpriced. The Rust
+/// 93%, end users null 40% else one of 20 000, 1% unpriced. With
+/// `compact_behind`, closed months are compacted as the load passes them
+/// (what the `ledger.months` job does to a live ledger). The Rust
 /// generator is the bottleneck in a debug build; this is not.
 pub(super) async fn load_sql(
     pool: &PgPool,
@@ -364,6 +547,7 @@ pub(super) async fn load_sql(
     rows: u64,
     start: i64,
     workers: usize,
+    compact_behind: bool,
 ) -> Result<()> {
     const CHUNK: u64 = 250_000;
     let tenants: Vec<String> = keys.iter().map(|(t, _)| t.clone()).collect();
@@ -374,7 +558,9 @@ pub(super) async fn load_sql(
             cached_tokens, output_tokens, reasoning_tokens, total_tokens, service_tier, cost,
             unpriced_reason, currency, http_status, attempts, end_user, started_at,
             first_byte_at, finished_at)
-        SELECT 'bench_' || lpad(g::text, 10, '0'), 'resp_bench_' || g, ($3::text[])[1 + kn / 3], ($4::text[])[1 + kn],
+        SELECT 'req_' || lpad(to_hex((extract(epoch FROM t) * 1000)::bigint), 12, '0') || substr(md5(g::text), 1, 20),
+            'resp_' || md5(g::text || 'r') || substr(md5(g::text || 's'), 1, 16),
+            ($3::text[])[1 + kn / 3], ($4::text[])[1 + kn],
             'responses.create', ($5::text[])[1 + mi], 'default', substr(($5::text[])[1 + mi], 8),
             g % 2 = 0,
             CASE WHEN h % 100 < 93 THEN 'completed'
@@ -398,6 +584,27 @@ pub(super) async fn load_sql(
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let began = Instant::now();
     let mut tasks = Vec::new();
+    let compactor = compact_behind.then(|| {
+        let (pool, next) = (pool.clone(), next.clone());
+        let time_of = move |row: u64| {
+            DateTime::from_timestamp((start as f64 + row as f64 * span / rows as f64) as i64, 0)
+                .unwrap_or_default()
+        };
+        let lag = CHUNK * workers.max(1) as u64;
+        tokio::spawn(async move {
+            // Rows before the last `workers` chunks handed out are stored
+            // (a worker takes a chunk only once its previous one is done):
+            // the load's "now", which the job's two days of grace trail.
+            while next.load(Ordering::Relaxed) < rows {
+                let frontier = time_of(next.load(Ordering::Relaxed).saturating_sub(lag));
+                let (done, _) = tollgate::ledger::indexes::compact_next(&pool, frontier).await?;
+                if done.is_none() {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+            Ok::<_, sqlx::Error>(())
+        })
+    });
     for _ in 0..workers.max(1) {
         let (pool, next) = (pool.clone(), next.clone());
         let (tenants, key_ids, models) = (tenants.clone(), key_ids.clone(), models.clone());
@@ -428,6 +635,9 @@ pub(super) async fn load_sql(
     }
     for task in tasks {
         task.await??;
+    }
+    if let Some(compactor) = compactor {
+        compactor.await??;
     }
     eprintln!();
     Ok(())
