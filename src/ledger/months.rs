@@ -495,7 +495,8 @@ async fn briefly(pool: &PgPool, statement: &str) -> Result<(), sqlx::Error> {
 /// lock waited for a second at a time: a waiting exclusive lock makes
 /// every later query of the table queue behind it, so it gives way and
 /// tries again (200 ms later, up to `attempts` more times) while something
-/// else holds the table.
+/// else holds the table, or when PostgreSQL broke a deadlock by aborting
+/// it.
 pub(super) async fn begin_locked(
     pool: &PgPool,
     statement: &str,
@@ -509,8 +510,12 @@ pub(super) async fn begin_locked(
             .await?;
         match sqlx::query(statement).execute(&mut *tx).await {
             Ok(_) => return Ok(tx),
+            // 55P03: lock_timeout. 40P01: a deadlock, this side chosen to
+            // give way (a `REINDEX … CONCURRENTLY` of the table waits for
+            // this very transaction while holding what it asks for).
             Err(sqlx::Error::Database(db))
-                if db.code().as_deref() == Some("55P03") && attempt < attempts =>
+                if matches!(db.code().as_deref(), Some("55P03" | "40P01"))
+                    && attempt < attempts =>
             {
                 attempt += 1;
                 drop(tx);
